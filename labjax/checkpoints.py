@@ -1,0 +1,129 @@
+"""Orbax checkpoints of a run (the only module that imports orbax).
+
+A checkpoint is a Composite of named items: params, batch_stats, opt_state and a JSON
+metadata item (step, epoch, config, validation metrics, format version). Evaluation
+restores params and batch_stats only, against abstract arrays laid out on the current
+mesh, so a run trained on N GPUs restores on one CPU.
+"""
+
+import json
+import logging
+from pathlib import Path
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
+
+FORMAT_VERSION = 1
+STATE_ITEMS = ("params", "batch_stats", "opt_state")
+
+
+def _manager(directory: Path, keep: int = 1, best_metric: str = "", best_mode: str = "max", read_only=False):
+    policy = [policies.LatestN(keep)]
+    if best_metric:
+        policy.append(
+            policies.BestN(
+                get_metric_fn=lambda m: m[best_metric],
+                reverse=best_mode == "min",
+                n=1,
+                keep_checkpoints_without_metrics=False,
+            )
+        )
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=policies.AnyPreservationPolicy(policy),
+        create=not read_only,
+        read_only=read_only,
+        enable_async_checkpointing=False,  # a run's end and signals must find it on disk
+    )
+    return ocp.CheckpointManager(directory.absolute(), options=options)
+
+
+class Checkpoints:
+    """Saves and restores the checkpoints under WORKDIR/checkpoints."""
+
+    def __init__(self, workdir: str | Path, checkpoint_config=None, read_only: bool = False):
+        self.directory = Path(workdir) / "checkpoints"
+        cfg = checkpoint_config
+        self.best_metric = cfg.best_metric if cfg else ""
+        self.best_mode = cfg.best_mode if cfg else "max"
+        self.manager = _manager(
+            self.directory,
+            keep=cfg.keep if cfg else 1,
+            best_metric=self.best_metric,
+            best_mode=self.best_mode,
+            read_only=read_only,
+        )
+
+    def steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, state, metadata: dict, metrics: dict | None = None) -> None:
+        step = int(metadata["step"])
+        if step in self.manager.all_steps():
+            return
+        metadata = dict(metadata, format_version=FORMAT_VERSION, metrics=metrics)
+        items = {name: ocp.args.StandardSave(getattr(state, name)) for name in _present(state, STATE_ITEMS)}
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(**items, metadata=ocp.args.JsonSave(metadata)),
+            metrics=metrics if metrics and self.best_metric in metrics else None,
+        )
+        self.manager.wait_until_finished()
+
+    def metadata(self, step: int) -> dict:
+        restored = self.manager.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))
+        return restored["metadata"]
+
+    def best_step(self) -> int | None:
+        """The step whose saved validation metric is best (None if none has metrics)."""
+        scored = []
+        for step in self.steps():
+            value = (self.metadata(step).get("metrics") or {}).get(self.best_metric)
+            if value is not None:
+                scored.append((value, step))
+        if not scored:
+            return None
+        return (max(scored) if self.best_mode == "max" else min(scored))[1]
+
+    def restore(self, step: int, target, items=STATE_ITEMS) -> dict:
+        """Restores the named items onto `target`'s shapes and shardings (a pytree per item)."""
+        abstract = {name: jax.tree.map(ocp.utils.to_shape_dtype_struct, getattr(target, name)) for name in items}
+        args = {name: ocp.args.StandardRestore(abstract[name]) for name in items}
+        restored = self.manager.restore(step, args=ocp.args.Composite(**args, metadata=ocp.args.JsonRestore()))
+        return {name: restored[name] for name in (*items, "metadata")}
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+def _present(state, names) -> list[str]:
+    """Items with arrays: a model without BatchNorm has empty batch_stats, which Orbax refuses."""
+    return [name for name in names if jax.tree.leaves(getattr(state, name))]
+
+
+def resolve_step(checkpoints: Checkpoints, which: str) -> int:
+    """'latest' | 'best' | a step number -> an existing step, with a clear error otherwise."""
+    steps = checkpoints.steps()
+    if not steps:
+        raise FileNotFoundError(f"{checkpoints.directory}: no checkpoints; train the run first.")
+    if which == "latest":
+        return steps[-1]
+    if which == "best":
+        step = checkpoints.best_step()
+        if step is None:
+            logging.warning("No checkpoint has validation metrics; using the latest.")
+            return steps[-1]
+        return step
+    if which.isdigit() and int(which) in steps:
+        return int(which)
+    raise ValueError(f"--checkpoint={which!r} not found in {checkpoints.directory}; available: latest, best, {steps}.")
+
+
+def write_json(path: Path, value: dict) -> None:
+    """Writes atomically, so a crash never leaves a half-written status or config file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2, sort_keys=True))
+    tmp.replace(path)

@@ -1,0 +1,298 @@
+"""Convolution layers that pick a fast formulation per backend.
+
+XLA:CPU lowers convolutions poorly: grouped (depthwise) convolutions and the
+gradients of strided / transposed convolutions are one to two orders of
+magnitude slower than the same arithmetic written as slices, multiply-adds and
+matrix multiplies. On CPU these layers therefore use such rewrites; on GPU/TPU
+they call ``lax.conv_general_dilated`` / ``lax.conv_transpose`` (cuDNN etc.).
+Parameters have the names, shapes and layout of ``flax.linen.Conv`` /
+``flax.linen.ConvTranspose``, so checkpoints move freely between backends and
+between these layers and the flax ones. Inputs are NHWC. Every layer takes
+``impl``: "auto" (rewrites on the CPU backend, lax elsewhere), "fast" or "lax",
+and ``dtype`` / ``param_dtype`` with flax's meaning.
+
+Which rewrite is used was decided by measuring value + gradient on 2 CPU cores
+(``benchmarks/conv_layers.py``):
+
+* 1x1 convolution: (strided) subsample + one matmul over channels.
+* depthwise kxk: k*k shifted multiply-adds of a padded input.
+* general kxk: im2col + one matmul only when the patch depth kh*kw*cin is tiny
+  (RGB stems); for wider inputs lax's forward convolution is faster than any
+  rewrite tried and its gradient is competitive, so lax is kept.
+* transposed convolution: one matmul of the input with all kernel taps, then
+  each output phase (sub-pixel position) is a sum of shifted slices of that
+  product, interleaved depth-to-space.
+"""
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax.linen.dtypes import promote_dtype
+from jax import lax
+
+Array = jax.Array
+Padding = str | Sequence[tuple[int, int]]
+Pads = tuple[tuple[int, int], tuple[int, int]]
+Initializer = Callable[..., Array]
+
+_DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
+# im2col's patch tensor is kh*kw*cin times the input; beyond this depth lax's
+# own convolution wins on CPU (measured: 3x3 on 3-4 channels im2col is 2-3x
+# faster in value+grad, 6-8 channels break even, 16+ channels lax wins).
+_IM2COL_MAX_DEPTH = 36
+
+
+def fast_convs_enabled(impl: str) -> bool:
+    """Whether ``impl`` selects the CPU rewrites ("auto": only on the CPU backend)."""
+    if impl == "auto":
+        return jax.default_backend() == "cpu"
+    if impl in ("fast", "lax"):
+        return impl == "fast"
+    raise ValueError(f"impl must be 'auto', 'fast' or 'lax', got {impl!r}")
+
+
+def _pair(v: int | Sequence[int]) -> tuple[int, int]:
+    h, w = (v, v) if isinstance(v, int) else tuple(v)
+    return int(h), int(w)
+
+
+def _conv_pads(padding: Padding, spatial: Sequence[int], kernel: Sequence[int], strides: Sequence[int]) -> Pads:
+    """Explicit (before, after) pads of a forward convolution, XLA/TF "SAME" rule."""
+    if padding == "VALID":
+        return (0, 0), (0, 0)
+    if padding == "SAME":
+        pads = []
+        for n, k, s in zip(spatial, kernel, strides):
+            total = max((-(-n // s) - 1) * s + k - n, 0)
+            pads.append((total // 2, total - total // 2))
+        return tuple(pads)
+    return _explicit_pads(padding)
+
+
+def _transpose_pads(padding: Padding, kernel: Sequence[int], strides: Sequence[int]) -> Pads:
+    """Pads of the dilated input in ``lax.conv_transpose`` (strings name the forward conv's padding)."""
+    if padding not in ("SAME", "VALID"):
+        return _explicit_pads(padding)
+    pads = []
+    for k, s in zip(kernel, strides):
+        if padding == "SAME":
+            total = k + s - 2
+            before = k - 1 if s > k - 1 else -(-total // 2)
+        else:
+            total = k + s - 2 + max(k - s, 0)
+            before = k - 1
+        pads.append((before, total - before))
+    return tuple(pads)
+
+
+def _explicit_pads(padding: Padding) -> Pads:
+    if isinstance(padding, str) or len(padding) != 2 or any(len(p) != 2 for p in padding):
+        raise ValueError(f"padding must be 'SAME', 'VALID' or ((top, bottom), (left, right)), got {padding!r}")
+    (top, bottom), (left, right) = padding
+    return (int(top), int(bottom)), (int(left), int(right))
+
+
+def _pad_spatial(x: Array, pads: Pads) -> Array:
+    """Zero-pads (or, for negative pads, crops) the H and W axes of an NHWC array."""
+    (top, bottom), (left, right) = pads
+    return lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (top, bottom, 0), (left, right, 0), (0, 0, 0)))
+
+
+def _windows(x: Array, kernel_size: tuple[int, int], strides: tuple[int, int], pads: Pads) -> list[Array]:
+    """The kh*kw strided views of the padded input that each kernel tap multiplies, row-major."""
+    xp = _pad_spatial(x, pads)
+    (kh, kw), (sh, sw) = kernel_size, strides
+    n, hp, wp, c = xp.shape
+    ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
+    if ho <= 0 or wo <= 0:
+        raise ValueError(f"kernel {kernel_size} does not fit the padded input {(hp, wp)}")
+    return [
+        lax.slice(xp, (0, i, j, 0), (n, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c), (1, sh, sw, 1))
+        for i in range(kh)
+        for j in range(kw)
+    ]
+
+
+def _acc_dtype(dtype: Any) -> Any:
+    """Accumulate bfloat16/float16 in float32, like XLA's convolutions do."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def _matmul(x: Array, w: Array) -> Array:
+    """(..., K) @ (K, F) as one 2-D dot (the N-D form is several times slower to differentiate on XLA:CPU)."""
+    y = jnp.dot(x.reshape(-1, x.shape[-1]), w, preferred_element_type=_acc_dtype(x.dtype))
+    return y.reshape(x.shape[:-1] + (w.shape[-1],))
+
+
+def _conv_fast(x: Array, kernel: Array, strides: tuple[int, int], pads: Pads) -> Array:
+    """Dense conv as im2col + matmul where that beats XLA:CPU's convolution, else lax."""
+    kh, kw, cin, features = kernel.shape
+    if kh * kw == 1 or kh * kw * cin <= _IM2COL_MAX_DEPTH:
+        cols = _windows(x, (kh, kw), strides, pads)
+        patches = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
+        return _matmul(patches, kernel.reshape(kh * kw * cin, features)).astype(x.dtype)
+    return _conv_lax(x, kernel, strides, pads)
+
+
+def _conv_lax(x: Array, kernel: Array, strides: tuple[int, int], pads: Pads, groups: int = 1) -> Array:
+    return lax.conv_general_dilated(
+        x, kernel, strides, pads, dimension_numbers=_DIMENSION_NUMBERS, feature_group_count=groups
+    )
+
+
+def _depthwise_fast(x: Array, kernel: Array, strides: tuple[int, int], pads: Pads) -> Array:
+    """Depthwise conv as kh*kw shifted multiply-adds; XLA fuses them into one elementwise loop."""
+    kh, kw, _, out_features = kernel.shape
+    multiplier = out_features // x.shape[-1]
+    if multiplier > 1:  # output channel o reads input channel o // multiplier, as in lax's grouping
+        x = jnp.repeat(x, multiplier, axis=-1)
+    acc = _acc_dtype(x.dtype)
+    taps = kernel.reshape(kh * kw, out_features).astype(acc)
+    y = sum(win.astype(acc) * taps[t] for t, win in enumerate(_windows(x, (kh, kw), strides, pads)))
+    return y.astype(x.dtype)
+
+
+def _phase_taps(n: int, k: int, s: int, pads: tuple[int, int]) -> tuple[int, int, list[list[tuple[int, int]]]]:
+    """Sub-pixel plan of one spatial axis of a transposed convolution.
+
+    Output position s*q + r receives x[q + e] * kernel[j] for every tap j with
+    (r + j - pad_before) % s == 0, e = (r + j - pad_before) // s. Returns the
+    output size, the phase length ceil(out / s) and per phase r its taps (e, j).
+    """
+    out = (n - 1) * s + 1 + pads[0] + pads[1] - k + 1
+    if out <= 0:
+        raise ValueError(f"transposed convolution of size {n} with kernel {k}, stride {s}, pads {pads} is empty")
+    phases = [[((r + j - pads[0]) // s, j) for j in range(k) if (r + j - pads[0]) % s == 0] for r in range(s)]
+    return out, -(-out // s), phases
+
+
+def _conv_transpose_fast(x: Array, kernel: Array, strides: tuple[int, int], pads: Pads) -> Array:
+    """Transposed conv as one matmul with all taps, then per output phase a sum of shifted slices.
+
+    Every product x[i] @ kernel[j] is used exactly once, so this does the
+    minimal arithmetic (no zeros from input dilation), and its gradient is again
+    slices, pads and two large matmuls, where XLA:CPU's gradient of an
+    input-dilated convolution is 10-50x slower.
+    """
+    if strides == (1, 1):  # no dilation: an ordinary convolution
+        return _conv_fast(x, kernel, strides, pads)
+    kh, kw, cin, features = kernel.shape
+    n, h, w, _ = x.shape
+    out_h, qh, phases_h = _phase_taps(h, kh, strides[0], pads[0])
+    out_w, qw, phases_w = _phase_taps(w, kw, strides[1], pads[1])
+    z = _matmul(x, kernel.transpose(2, 0, 1, 3).reshape(cin, kh * kw * features))  # every pixel times every tap
+    rows = []
+    for phase_h in phases_h:
+        cols = []
+        for phase_w in phases_w:
+            terms = []
+            for eh, jh in phase_h:
+                for ew, jw in phase_w:
+                    tap = (jh * kw + jw) * features
+                    # rows eh .. eh+qh-1 and columns ew .. ew+qw-1 of this tap's product, zero outside;
+                    # one pad per term lets XLA fuse it into the sum instead of materialising a padded z.
+                    term = z[..., tap : tap + features]
+                    terms.append(_pad_spatial(term, ((-eh, eh + qh - h), (-ew, ew + qw - w))))
+            cols.append(sum(terms) if terms else jnp.zeros((n, qh, qw, features), z.dtype))
+        rows.append(jnp.stack(cols, axis=3))  # (n, qh, qw, sw, f)
+    y = jnp.stack(rows, axis=2).reshape(n, qh * strides[0], qw * strides[1], features)
+    return y[:, :out_h, :out_w].astype(x.dtype)
+
+
+def _check_nhwc(x: Array) -> None:
+    if x.ndim != 4:
+        raise ValueError(f"expected an NHWC input, got shape {x.shape}")
+
+
+class Conv(nn.Module):
+    """2-D convolution, parameter-compatible with ``nn.Conv`` (kernel (kh, kw, cin, features), bias)."""
+
+    features: int
+    kernel_size: tuple[int, int] = (3, 3)
+    strides: tuple[int, int] = (1, 1)
+    padding: Padding = "SAME"
+    use_bias: bool = True
+    kernel_init: Initializer = nn.initializers.lecun_normal()
+    bias_init: Initializer = nn.initializers.zeros
+    impl: str = "auto"
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        _check_nhwc(x)
+        ksize, strides = _pair(self.kernel_size), _pair(self.strides)
+        kernel = self.param("kernel", self.kernel_init, ksize + (x.shape[-1], self.features), self.param_dtype)
+        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
+        x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
+        pads = _conv_pads(self.padding, x.shape[1:3], ksize, strides)
+        conv = _conv_fast if fast_convs_enabled(self.impl) else _conv_lax
+        y = conv(x, kernel, strides, pads)
+        return y if bias is None else y + bias
+
+
+class DepthwiseConv(nn.Module):
+    """Depthwise 2-D convolution, parameter-compatible with ``nn.Conv(features=cin * depth_multiplier,
+    feature_group_count=cin)`` (kernel (kh, kw, 1, cin * depth_multiplier))."""
+
+    kernel_size: tuple[int, int] = (3, 3)
+    strides: tuple[int, int] = (1, 1)
+    padding: Padding = "SAME"
+    use_bias: bool = False
+    depth_multiplier: int = 1
+    kernel_init: Initializer = nn.initializers.lecun_normal()
+    bias_init: Initializer = nn.initializers.zeros
+    impl: str = "auto"
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        _check_nhwc(x)
+        ksize, strides = _pair(self.kernel_size), _pair(self.strides)
+        cin = x.shape[-1]
+        features = cin * self.depth_multiplier
+        kernel = self.param("kernel", self.kernel_init, ksize + (1, features), self.param_dtype)
+        bias = self.param("bias", self.bias_init, (features,), self.param_dtype) if self.use_bias else None
+        x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
+        pads = _conv_pads(self.padding, x.shape[1:3], ksize, strides)
+        if fast_convs_enabled(self.impl):
+            y = _depthwise_fast(x, kernel, strides, pads)
+        else:
+            y = _conv_lax(x, kernel, strides, pads, groups=cin)
+        return y if bias is None else y + bias
+
+
+class ConvTranspose(nn.Module):
+    """Transposed 2-D convolution with the semantics and parameters of ``nn.ConvTranspose``
+    (``transpose_kernel=False``, i.e. ``lax.conv_transpose``). With "SAME" padding the output is
+    ``strides * input`` in size, like Keras' ``Conv2DTranspose(padding="same")``; explicit pads
+    are those of the stride-1 convolution over the dilated input, as in ``lax.conv_transpose``."""
+
+    features: int
+    kernel_size: tuple[int, int] = (3, 3)
+    strides: tuple[int, int] = (2, 2)
+    padding: Padding = "SAME"
+    use_bias: bool = True
+    kernel_init: Initializer = nn.initializers.lecun_normal()
+    bias_init: Initializer = nn.initializers.zeros
+    impl: str = "auto"
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        _check_nhwc(x)
+        ksize, strides = _pair(self.kernel_size), _pair(self.strides)
+        kernel = self.param("kernel", self.kernel_init, ksize + (x.shape[-1], self.features), self.param_dtype)
+        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
+        x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
+        pads = _transpose_pads(self.padding, ksize, strides)
+        if fast_convs_enabled(self.impl):
+            y = _conv_transpose_fast(x, kernel, strides, pads)
+        else:
+            y = lax.conv_transpose(x, kernel, strides, pads, dimension_numbers=_DIMENSION_NUMBERS)
+        return y if bias is None else y + bias

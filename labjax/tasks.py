@@ -1,0 +1,100 @@
+"""What differs between classification and segmentation: loss, metrics and their summary.
+
+Labels are class ids: (B,) for classification, (B,H,W) for segmentation. `mask` marks what
+counts: padded examples and the ignore label are excluded from the loss and every metric,
+so metrics over a split are exact.
+"""
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from clu import metrics
+
+
+def label_mask(labels: jax.Array, valid: jax.Array, num_classes: int) -> jax.Array:
+    """True where a label counts: its example is real and its id is a class (not ignored)."""
+    valid = valid.reshape(valid.shape + (1,) * (labels.ndim - 1))
+    return valid & (labels >= 0) & (labels < num_classes)
+
+
+def per_label_loss(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
+    """Softmax cross-entropy per label (0 where masked); computed in float32."""
+    safe = jnp.where(mask, labels, 0)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), safe)
+    return jnp.where(mask, loss, 0.0)
+
+
+def mean_loss(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
+    """The training objective: mean cross-entropy over the labels that count."""
+    return per_label_loss(logits, labels, mask).sum() / jnp.maximum(mask.sum(), 1)
+
+
+@flax.struct.dataclass
+class ConfusionMatrix(metrics.Metric):
+    """Summed confusion matrix (rows: true class, columns: predicted class)."""
+
+    matrix: jax.Array
+
+    @classmethod
+    def from_model_output(cls, *, logits, labels, mask, **_) -> "ConfusionMatrix":
+        num_classes = logits.shape[-1]
+        pairs = jnp.where(mask, labels, 0) * num_classes + jnp.argmax(logits, -1)
+        counts = jnp.bincount(pairs.ravel(), mask.ravel().astype(jnp.int32), length=num_classes**2)
+        return cls(counts.reshape(num_classes, num_classes))
+
+    def merge(self, other: "ConfusionMatrix") -> "ConfusionMatrix":
+        return type(self)(self.matrix + other.matrix)
+
+    def compute(self) -> jax.Array:
+        return self.matrix
+
+
+@flax.struct.dataclass
+class Correct(metrics.Average):
+    """Fraction of counted labels whose arg-max prediction is right."""
+
+    @classmethod
+    def from_model_output(cls, *, logits, labels, mask, **_) -> "Correct":
+        hits = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+        return super().from_model_output(hits, mask=mask)
+
+
+@flax.struct.dataclass
+class TrainMetrics(metrics.Collection):
+    loss: metrics.Average.from_output("loss")
+    accuracy: Correct
+
+
+@flax.struct.dataclass
+class EvalMetrics(metrics.Collection):
+    loss: metrics.Average.from_output("loss")
+    accuracy: Correct
+    confusion: ConfusionMatrix
+
+
+def summarize_confusion(matrix: np.ndarray) -> dict[str, float]:
+    """Accuracy and mean IoU from a confusion matrix (host side, exact).
+
+    mIoU averages over the classes present in labels or predictions, as Keras' MeanIoU and
+    scenic do: a class absent from both has no defined IoU.
+    """
+    matrix = np.asarray(matrix, np.float64)
+    true_pos = np.diag(matrix)
+    union = matrix.sum(0) + matrix.sum(1) - true_pos
+    present = union > 0
+    iou = np.where(present, true_pos / np.maximum(union, 1), np.nan)
+    return {
+        "accuracy": float(true_pos.sum() / max(matrix.sum(), 1)),
+        "miou": float(np.nanmean(iou)) if present.any() else 0.0,
+        "iou_per_class": [None if np.isnan(v) else float(v) for v in iou],
+    }
+
+
+def eval_summary(task: str, computed: dict) -> dict:
+    """Scalars to log from a computed EvalMetrics (names without the 'val_' prefix)."""
+    summary = {"loss": float(computed["loss"]), "accuracy": float(computed["accuracy"])}
+    if task == "segmentation":
+        summary["miou"] = summarize_confusion(computed["confusion"])["miou"]
+    return summary

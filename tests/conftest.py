@@ -1,0 +1,27 @@
+"""Test set-up: several simulated CPU devices, so data parallelism is exercised everywhere."""
+
+import os
+import sys
+from pathlib import Path
+
+NUM_DEVICES = 4
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={NUM_DEVICES}"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # labjax, configs and benchmarks importable from the tests
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_platforms", "cpu")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """One XLA cache for the session: repeated trainings of a config compile once."""
+    path = tmp_path_factory.mktemp("xla_cache")
+    os.environ["LABJAX_COMPILATION_CACHE"] = str(path)  # for launch.py subprocesses
+    from labjax import cli
+
+    cli.enable_compilation_cache()
+    return path

@@ -1,0 +1,146 @@
+"""labjax.models.layers: the CPU rewrites equal lax and flax in value and gradient, with flax's params."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from labjax.models.layers import Conv, ConvTranspose, DepthwiseConv, fast_convs_enabled
+
+EXPLICIT = ((1, 0), (2, 1))
+
+
+def _value_and_grads(module, params, x, cotangent):
+    """Output and gradients w.r.t. params and input of <module(x), cotangent>."""
+    y, vjp = jax.vjp(lambda p, x: module.apply({"params": p}, x), params, x)
+    return y, *vjp(cotangent)
+
+
+def _check(layer, reference, x_shape, rtol=1e-4, atol=1e-4, dtype=jnp.float32):
+    """fast, lax and the flax reference agree given the same params.
+
+    Data and params come from numpy: jax.random would cost seconds of XLA:CPU compilation per case.
+    """
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal(x_shape), dtype)
+    shapes = jax.eval_shape(layer.init, jax.random.key(0), x)["params"]
+    assert shapes == jax.eval_shape(reference.init, jax.random.key(0), x)["params"]
+    params = jax.tree.map(lambda s: jnp.asarray(0.3 * rng.standard_normal(s.shape), s.dtype), shapes)
+    y = jax.eval_shape(reference.apply, {"params": params}, x)
+    cotangent = jnp.asarray(rng.standard_normal(y.shape), y.dtype)
+    modules = (layer.clone(impl="fast"), layer.clone(impl="lax"), reference)
+    run = jax.jit(lambda params, x, cotangent: [_value_and_grads(m, params, x, cotangent) for m in modules])
+    fast, lax_, flax_ref = run(params, x, cotangent)
+    for got, want in ((fast, lax_), (lax_, flax_ref)):
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+            assert a.shape == b.shape
+            np.testing.assert_allclose(a, b, rtol=rtol, atol=atol * max(1.0, np.abs(b).max()))
+    return fast[0]
+
+
+CONV_CASES = [
+    # (input NHWC, features, kernel, strides, padding, use_bias)
+    ((2, 7, 6, 5), 4, (1, 1), (1, 1), "SAME", True),  # 1x1 -> matmul
+    ((2, 7, 8, 6), 3, (1, 1), (2, 2), "SAME", False),  # strided 1x1 -> subsample + matmul
+    ((2, 7, 6, 5), 4, (1, 1), (2, 1), EXPLICIT, True),
+    ((2, 9, 8, 3), 5, (3, 3), (2, 2), "SAME", False),  # RGB stem -> im2col
+    ((2, 8, 7, 3), 5, (3, 3), (1, 1), "SAME", True),
+    ((2, 9, 8, 2), 4, (3, 3), (2, 2), "VALID", True),
+    ((2, 8, 9, 3), 2, (3, 3), (2, 1), EXPLICIT, False),
+    ((2, 10, 10, 1), 3, (5, 5), (2, 2), "SAME", True),
+    ((2, 8, 8, 3), 4, (2, 2), (2, 2), "SAME", True),  # even kernel: SAME pads after
+    ((2, 7, 8, 8), 6, (3, 3), (2, 2), "SAME", True),  # wide input: lax fallback
+]
+
+
+@pytest.mark.parametrize("x_shape, features, kernel, strides, padding, use_bias", CONV_CASES)
+def test_conv(x_shape, features, kernel, strides, padding, use_bias):
+    kwargs = dict(kernel_size=kernel, strides=strides, padding=padding, use_bias=use_bias)
+    _check(Conv(features, **kwargs), nn.Conv(features, **kwargs), x_shape)
+
+
+DEPTHWISE_CASES = [
+    # (input NHWC, kernel, strides, padding, depth_multiplier, use_bias)
+    ((2, 8, 8, 4), (3, 3), (1, 1), "SAME", 1, False),
+    ((2, 9, 7, 4), (3, 3), (2, 2), "SAME", 1, True),
+    ((2, 8, 9, 3), (3, 3), (2, 2), "SAME", 2, False),
+    ((2, 9, 8, 3), (3, 3), (1, 2), "VALID", 2, True),
+    ((2, 7, 8, 4), (3, 3), (2, 2), EXPLICIT, 1, False),
+    ((2, 7, 6, 3), (1, 1), (2, 2), "SAME", 2, True),
+    ((2, 10, 9, 2), (5, 5), (2, 2), "SAME", 1, False),
+]
+
+
+@pytest.mark.parametrize("x_shape, kernel, strides, padding, multiplier, use_bias", DEPTHWISE_CASES)
+def test_depthwise_conv(x_shape, kernel, strides, padding, multiplier, use_bias):
+    cin = x_shape[-1]
+    kwargs = dict(kernel_size=kernel, strides=strides, padding=padding, use_bias=use_bias)
+    layer = DepthwiseConv(depth_multiplier=multiplier, **kwargs)
+    _check(layer, nn.Conv(cin * multiplier, feature_group_count=cin, **kwargs), x_shape)
+
+
+TRANSPOSE_CASES = [
+    # (input NHWC, features, kernel, strides, padding, use_bias)
+    ((2, 4, 4, 6), 5, (3, 3), (2, 2), "SAME", True),  # the U-Net upsampling block
+    ((2, 5, 3, 4), 3, (3, 3), (2, 2), "SAME", False),
+    ((2, 4, 5, 3), 4, (3, 3), (2, 2), "VALID", True),
+    ((2, 4, 5, 3), 4, (3, 3), (2, 1), EXPLICIT, True),
+    ((2, 3, 4, 3), 2, (4, 4), (2, 2), "SAME", False),
+    ((2, 3, 4, 3), 2, (2, 2), (2, 2), "VALID", True),
+    ((2, 3, 3, 4), 3, (1, 1), (2, 2), "SAME", True),  # kernel smaller than stride: empty phases
+    ((2, 3, 4, 2), 3, (3, 3), (3, 3), "SAME", False),
+    ((2, 5, 4, 3), 4, (3, 3), (2, 2), ((3, 2), (0, -1)), True),  # large and negative pads
+    ((2, 5, 6, 3), 4, (3, 3), (1, 1), "SAME", True),  # stride 1: an ordinary convolution
+]
+
+
+@pytest.mark.parametrize("x_shape, features, kernel, strides, padding, use_bias", TRANSPOSE_CASES)
+def test_conv_transpose(x_shape, features, kernel, strides, padding, use_bias):
+    kwargs = dict(kernel_size=kernel, strides=strides, padding=padding, use_bias=use_bias)
+    y = _check(ConvTranspose(features, **kwargs), nn.ConvTranspose(features, **kwargs), x_shape)
+    if padding == "SAME":
+        assert y.shape == (x_shape[0], x_shape[1] * strides[0], x_shape[2] * strides[1], features)
+
+
+@pytest.mark.parametrize(
+    "layer, reference",
+    [
+        (Conv(4, dtype=jnp.bfloat16), nn.Conv(4, (3, 3), dtype=jnp.bfloat16)),
+        (Conv(4, (1, 1), dtype=jnp.bfloat16), nn.Conv(4, (1, 1), dtype=jnp.bfloat16)),
+        (
+            DepthwiseConv(dtype=jnp.bfloat16),
+            nn.Conv(3, (3, 3), feature_group_count=3, use_bias=False, dtype=jnp.bfloat16),
+        ),
+        (ConvTranspose(4, dtype=jnp.bfloat16), nn.ConvTranspose(4, (3, 3), (2, 2), dtype=jnp.bfloat16)),
+    ],
+)
+def test_bfloat16(layer, reference):
+    y = _check(layer, reference, (2, 6, 6, 3), rtol=3e-2, atol=3e-2, dtype=jnp.bfloat16)
+    assert y.dtype == jnp.bfloat16
+
+
+def test_fast_convs_enabled():
+    assert fast_convs_enabled("auto") == (jax.default_backend() == "cpu")
+    assert fast_convs_enabled("fast") and not fast_convs_enabled("lax")
+    with pytest.raises(ValueError):
+        fast_convs_enabled("cudnn")
+
+
+@pytest.mark.parametrize("layer", [Conv(6, (1, 1), (2, 2)), DepthwiseConv(strides=(2, 2)), ConvTranspose(6)])
+def test_batch_sharded(layer):
+    """Under a batch-sharded jit (as in training) the rewrites stay data parallel: no all-gather, same numbers."""
+    mesh = Mesh(np.asarray(jax.devices()), ("data",))
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((2 * len(jax.devices()), 6, 6, 4)), jnp.float32)
+    shapes = jax.eval_shape(layer.init, jax.random.key(0), x)["params"]
+    params = jax.tree.map(lambda s: jnp.asarray(rng.standard_normal(s.shape), s.dtype), shapes)
+    module = layer.clone(impl="fast")
+    grads = jax.grad(lambda p, x: jnp.mean(module.apply({"params": p}, x) ** 2), argnums=(0, 1))
+    sharded = jax.jit(grads, in_shardings=(NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))))
+    assert "all-gather" not in sharded.lower(params, x).compile().as_text()
+    for a, b in zip(jax.tree.leaves(sharded(params, x)), jax.tree.leaves(jax.jit(grads)(params, x)), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

@@ -1,0 +1,59 @@
+"""Models against their Keras originals: parameter counts, endpoints and shapes."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from labjax.models import mobilenet_v2, unet
+from labjax.models.small_cnn import SmallCNN
+
+keras = pytest.importorskip("keras")
+from benchmarks.keras_unet import build_keras_unet, param_counts  # noqa: E402
+
+
+def _counts(module, size):
+    variables = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False))
+    count = lambda tree: sum(x.size for x in jax.tree.leaves(tree))  # noqa: E731
+    return count(variables["params"]), count(variables.get("batch_stats", {}))
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.35])
+def test_mobilenet_v2_matches_keras_parameter_counts(alpha):
+    model = keras.applications.MobileNetV2(input_shape=(96, 96, 3), include_top=False, weights=None, alpha=alpha)
+    trainable, moving_stats = _counts(mobilenet_v2.MobileNetV2(alpha), 96)
+    counts = param_counts(model)
+    assert (trainable, moving_stats) == (counts["trainable"], counts["non_trainable"])
+
+
+@pytest.mark.parametrize("num_classes, alpha", [(3, 1.0), (59, 1.0), (6, 0.35)])
+def test_unet_matches_the_keras_tutorial_model(num_classes, alpha):
+    model = build_keras_unet(image_size=64, num_classes=num_classes, alpha=alpha)
+    trainable, moving_stats = _counts(unet.MobileNetV2UNet(num_classes, alpha), 64)
+    counts = param_counts(model)
+    assert (trainable, moving_stats) == (counts["trainable"], counts["non_trainable"])
+    if (num_classes, alpha) == (3, 1.0):
+        assert counts["total"] == 6_504_227  # the tutorial's published summary
+
+
+def test_encoder_endpoints_have_keras_names_and_shapes():
+    keras_base = keras.applications.MobileNetV2(input_shape=(64, 64, 3), include_top=False, weights=None)
+    names = mobilenet_v2.endpoint_names()
+    endpoints = jax.eval_shape(
+        lambda: mobilenet_v2.MobileNetV2().init_with_output(jax.random.key(0), jnp.zeros((2, 64, 64, 3)), train=False)
+    )[0]
+    assert sorted(endpoints) == sorted(names)  # pytrees sort dict keys
+    for name in unet.MOBILENET_V2_SKIPS + ("out_relu", "block_15_add"):
+        assert endpoints[name].shape[1:] == tuple(keras_base.get_layer(name).output.shape[1:]), name
+
+
+def test_unet_logits_at_input_resolution_and_small_cnn_shapes():
+    logits = jax.eval_shape(
+        lambda: unet.MobileNetV2UNet(5, 0.35).init_with_output(
+            jax.random.key(0), jnp.zeros((2, 96, 64, 3)), train=False
+        )
+    )[0]
+    assert logits.shape == (2, 96, 64, 5)
+    out = jax.eval_shape(
+        lambda: SmallCNN(3).init_with_output(jax.random.key(0), jnp.zeros((2, 28, 28, 1)), train=False)
+    )[0]
+    assert out.shape == (2, 3)

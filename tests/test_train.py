@@ -1,0 +1,153 @@
+"""The engine end to end on real configs shrunk to tiny sizes (in-process)."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from configs import seg_mobilenet
+from labjax import checkpoints, evaluate, parallel, train, writers
+from labjax import config as config_lib
+from labjax.data import pipeline
+from labjax.models import create_model
+
+
+def _two_steps(config, devices, batches):
+    """Losses of two train steps and the parameter update they make (a flat vector)."""
+    mesh = parallel.make_mesh(devices)
+    model = create_model(config.model, config.data.num_classes)
+    state = train.create_train_state(config, model, mesh, batches[0]["image"].shape[1:])
+    initial = np.concatenate([x.ravel() for x in jax.tree.leaves(jax.device_get(state.params))])
+    step = train.make_train_step(mesh, config.data.num_classes)
+    losses = []
+    for batch in batches:
+        state, metrics = step(state, parallel.to_global(batch, mesh))
+        losses.append(float(metrics.loss.compute()))
+    final = np.concatenate([x.ravel() for x in jax.tree.leaves(jax.device_get(state.params))])
+    return losses, final - initial
+
+
+
+
+def _relative_difference(a, b) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(a))
+
+
+def test_train_step_gives_the_same_result_on_one_and_several_devices():
+    """Same losses, and parameter updates as close as float rounding allows.
+
+    From a random init, BatchNorm over tiny batches makes gradients ill-conditioned:
+    merely reversing the order of the batch on one device moves the update by ~3%.
+    That rounding floor, measured here, scales the 1-vs-4-device tolerance; a wrong
+    computation (per-device BatchNorm statistics, a lost gradient sum) differs by O(1).
+    """
+    config = seg_mobilenet.get_config("smoke")
+    # SGD: updates linear in the gradients (Adam's m/sqrt(v) turns tiny differences of
+    # near-zero gradients into full steps); 64 px and batch 8 so that the deepest
+    # BatchNorm does not normalise over just 4 values.
+    config.optimizer.name = "sgd"
+    config.data.image_size, config.batch_size = 64, 8
+    split = pipeline.load_splits(config)["train"]
+    batches = list(pipeline.train_batches(split, config, epoch=0))[:2]
+    reversed_batches = [{k: v[::-1].copy() for k, v in batch.items()} for batch in batches]
+    one_losses, one = _two_steps(config, jax.devices()[:1], batches)
+    _, one_reversed = _two_steps(config, jax.devices()[:1], reversed_batches)
+    several_losses, several = _two_steps(config, jax.devices(), batches)
+    assert len(jax.devices()) > 1
+    np.testing.assert_allclose(one_losses, several_losses, rtol=1e-5)
+    rounding_floor = _relative_difference(one, one_reversed)
+    assert rounding_floor < 0.05
+    assert _relative_difference(one, several) <= 3 * rounding_floor + 1e-6
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """An uninterrupted smoke run, and the same run interrupted at step 5 then resumed."""
+    config = seg_mobilenet.get_config("smoke")
+    root = tmp_path_factory.mktemp("runs")
+    whole = train.train_and_evaluate(config, root / "whole")
+    with pytest.raises(train.TrainingInterrupted, match="step 5"):
+        train.train_and_evaluate(config, root / "resumed", stop_after_step=5)
+    interrupted = {
+        "status": json.loads((root / "resumed" / "status.json").read_text()),
+        "steps": checkpoints.Checkpoints(root / "resumed", config.checkpoint).steps(),
+    }
+    resumed = train.train_and_evaluate(config, root / "resumed")
+    return config, root, whole, interrupted, resumed
+
+
+def test_interrupt_saves_a_checkpoint_and_resume_continues_exactly(runs):
+    config, root, whole, interrupted, resumed = runs
+    assert interrupted["status"]["status"] == "interrupted" and interrupted["status"]["step"] == 5
+    assert 5 in interrupted["steps"]
+    for key in ("loss", "accuracy", "miou"):
+        assert resumed[key] == pytest.approx(whole[key], rel=1e-4, abs=1e-5)
+    rows = writers.read_rows(root / "resumed" / "metrics.jsonl")
+    assert [row["step"] for row in rows] == [4, 8]  # one row per epoch, none duplicated
+    for got, want in zip(rows, writers.read_rows(root / "whole" / "metrics.jsonl")):
+        # train_* of the interrupted epoch cover only the steps after the resume
+        for key in [k for k in want if k.startswith("val_") or k in ("epoch", "learning_rate")]:
+            assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-5), key
+
+
+def test_run_folder_holds_config_status_metrics_plots_and_checkpoints(runs):
+    config, root, whole, _, _ = runs
+    workdir = root / "whole"
+    status = json.loads((workdir / "status.json").read_text())
+    assert status["status"] == "finished" and status["step"] == 8
+    assert status["final"]["val_miou"] == pytest.approx(whole["miou"])
+    assert json.loads((workdir / "config.json").read_text()) == config_lib.to_dict(config)
+    assert (workdir / "plots" / "loss.png").stat().st_size > 1000
+    assert (workdir / "plots" / "miou.png").exists()
+    assert any((workdir / "tensorboard").iterdir())
+    steps = checkpoints.Checkpoints(workdir, config.checkpoint).steps()
+    assert steps[-1] == 8 and status["best_step"] in steps
+
+
+def test_evaluate_restores_the_checkpoint_and_reproduces_validation_metrics(runs):
+    _, root, whole, _, _ = runs
+    result = evaluate.evaluate(root / "whole", "latest", "validation")
+    assert result["step"] == 8 and result["num_examples"] == 6
+    assert result["miou"] == pytest.approx(whole["miou"], abs=1e-6)
+    assert result["loss"] == pytest.approx(whole["loss"], rel=1e-5)
+    assert np.sum(result["confusion_matrix"]) == 6 * 32 * 32  # every pixel counted once
+    assert (root / "whole" / "eval" / "latest_validation.json").exists()
+    assert (root / "whole" / "eval" / "latest_validation_samples.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="available: latest, best"):
+        evaluate.evaluate(root / "whole", "3", "validation")
+
+
+def test_a_different_config_in_the_same_workdir_is_refused_and_nothing_is_lost(runs):
+    config, root, _, _, _ = runs
+    workdir = root / "whole"
+    before = sorted(p.name for p in (workdir / "checkpoints").iterdir())
+    changed = seg_mobilenet.get_config("smoke")
+    changed.optimizer.name = "sgd"
+    with pytest.raises(config_lib.ConfigError, match=r"(?s)optimizer.name: 'adam' -> 'sgd'.*--overwrite"):
+        train.train_and_evaluate(changed, workdir)
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == before
+    longer = seg_mobilenet.get_config("smoke")
+    longer.num_epochs = 2  # same run: nothing to do, it is finished
+    assert train.train_and_evaluate(longer, workdir)["miou"] == pytest.approx(runs[2]["miou"])
+
+
+def test_a_diverging_run_stops_with_status_diverged(tmp_path):
+    config = seg_mobilenet.get_config("smoke")
+    config.optimizer.learning_rate = 1e30
+    with pytest.raises(train.TrainingDiverged, match="diverged"):
+        train.train_and_evaluate(config, tmp_path)
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["status"] == "diverged" and status["step"] >= 1
+
+
+def test_classification_task_trains_the_small_cnn(tmp_path):
+    config = seg_mobilenet.get_config("smoke")
+    config.task = "classification"
+    config.model.name, config.model.dropout = "small_cnn", 0.2
+    config.checkpoint.best_metric = "val_accuracy"
+    config.num_epochs = 3
+    summary = train.train_and_evaluate(config, tmp_path)
+    assert set(summary) == {"loss", "accuracy"} and 0.0 <= summary["accuracy"] <= 1.0
+    rows = writers.read_rows(tmp_path / "metrics.jsonl")
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
