@@ -18,19 +18,18 @@ import keras  # noqa: E402
 
 # Encoder activations used as skip connections, shallowest first (tutorial).
 SKIP_LAYER_NAMES: tuple[str, ...] = (
-    "block_1_expand_relu",   # s/2
-    "block_3_expand_relu",   # s/4
-    "block_6_expand_relu",   # s/8
+    "block_1_expand_relu",  # s/2
+    "block_3_expand_relu",  # s/4
+    "block_6_expand_relu",  # s/8
     "block_13_expand_relu",  # s/16
-    "block_16_project",      # s/32
+    "block_16_project",  # s/32
 )
 
 # Decoder widths, deepest first (tutorial's up_stack).
 UP_STACK_FILTERS: tuple[int, ...] = (512, 256, 128, 64)
 
 
-def upsample(filters: int, size: int, dropout: float = 0.0,
-             name: str | None = None) -> keras.Sequential:
+def upsample(filters: int, size: int, dropout: float = 0.0, name: str | None = None) -> keras.Sequential:
     """pix2pix ``upsample``: 2x transposed conv, BN, [dropout], ReLU.
 
     Mirrors ``tensorflow_examples.models.pix2pix.upsample`` (bias-free conv,
@@ -38,9 +37,13 @@ def upsample(filters: int, size: int, dropout: float = 0.0,
     """
     layers: list[keras.layers.Layer] = [
         keras.layers.Conv2DTranspose(
-            filters, size, strides=2, padding="same",
+            filters,
+            size,
+            strides=2,
+            padding="same",
             kernel_initializer=keras.initializers.RandomNormal(0.0, 0.02),
-            use_bias=False),
+            use_bias=False,
+        ),
         keras.layers.BatchNormalization(),
     ]
     if dropout > 0:
@@ -49,9 +52,9 @@ def upsample(filters: int, size: int, dropout: float = 0.0,
     return keras.Sequential(layers, name=name)
 
 
-def build_keras_unet(image_size: int = 128, num_classes: int = 59,
-                     alpha: float = 1.0, dropout: float = 0.0,
-                     freeze_encoder: bool = False) -> keras.Model:
+def build_keras_unet(
+    image_size: int = 128, num_classes: int = 59, alpha: float = 1.0, dropout: float = 0.0, freeze_encoder: bool = False
+) -> keras.Model:
     """Build the tutorial's MobileNetV2 U-Net returning per-pixel logits.
 
     Weights are always random (``weights=None``): the benchmark measures
@@ -61,15 +64,13 @@ def build_keras_unet(image_size: int = 128, num_classes: int = 59,
     inputs = keras.Input(shape=[image_size, image_size, 3])
 
     base_model = keras.applications.MobileNetV2(
-        input_shape=[image_size, image_size, 3], include_top=False,
-        weights=None, alpha=alpha)
+        input_shape=[image_size, image_size, 3], include_top=False, weights=None, alpha=alpha
+    )
     skip_outputs = [base_model.get_layer(n).output for n in SKIP_LAYER_NAMES]
-    down_stack = keras.Model(inputs=base_model.input, outputs=skip_outputs,
-                             name="down_stack")
+    down_stack = keras.Model(inputs=base_model.input, outputs=skip_outputs, name="down_stack")
     down_stack.trainable = not freeze_encoder
 
-    up_stack = [upsample(f, 3, dropout=dropout, name=f"upsample_{i}")
-                for i, f in enumerate(UP_STACK_FILTERS)]
+    up_stack = [upsample(f, 3, dropout=dropout, name=f"upsample_{i}") for i, f in enumerate(UP_STACK_FILTERS)]
 
     skips = down_stack(inputs)
     x = skips[-1]
@@ -79,23 +80,23 @@ def build_keras_unet(image_size: int = 128, num_classes: int = 59,
 
     # Last 2x upsampling back to input resolution; raw logits (no softmax).
     outputs = keras.layers.Conv2DTranspose(
-        filters=num_classes, kernel_size=3, strides=2, padding="same",
-        name="logits")(x)
+        filters=num_classes, kernel_size=3, strides=2, padding="same", name="logits"
+    )(x)
     return keras.Model(inputs=inputs, outputs=outputs, name="keras_unet")
 
 
 def param_counts(model: keras.Model) -> dict[str, int]:
     """Total / trainable / non-trainable parameter counts of ``model``."""
     trainable = sum(math.prod(w.shape) for w in model.trainable_weights)
-    non_trainable = sum(math.prod(w.shape)
-                        for w in model.non_trainable_weights)
-    return {"total": int(model.count_params()), "trainable": trainable,
-            "non_trainable": non_trainable}
+    non_trainable = sum(math.prod(w.shape) for w in model.non_trainable_weights)
+    return {"total": int(model.count_params()), "trainable": trainable, "non_trainable": non_trainable}
 
 
 if __name__ == "__main__":
     for size, classes, a in ((128, 59, 1.0), (128, 3, 1.0), (64, 6, 0.35)):
         counts = param_counts(build_keras_unet(size, classes, alpha=a))
-        print(f"image_size={size} num_classes={classes} alpha={a}: "
-              f"total={counts['total']:,} trainable={counts['trainable']:,} "
-              f"non_trainable={counts['non_trainable']:,}")
+        print(
+            f"image_size={size} num_classes={classes} alpha={a}: "
+            f"total={counts['total']:,} trainable={counts['trainable']:,} "
+            f"non_trainable={counts['non_trainable']:,}"
+        )

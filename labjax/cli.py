@@ -67,6 +67,10 @@ def enable_compilation_cache() -> None:
 def run(flags) -> None:
     from labjax import evaluate, train  # heavy imports after flag parsing
 
+    from absl import logging
+
+    if not flags["verbosity"].present:  # Orbax logs every file it writes at INFO
+        logging.set_verbosity(logging.WARNING)
     enable_compilation_cache()
     try:
         try:

@@ -131,10 +131,9 @@ def _format_time(seconds: float) -> str:
 class Progress:
     """A progress line with loss, images/s, steps/s and ETA (compile time excluded)."""
 
-    def __init__(self, total_steps: int, global_batch: int, start_step: int):
+    def __init__(self, total_steps: int, global_batch: int):
         self.total, self.batch = total_steps, global_batch
         self.mark_step, self.mark_time = None, None
-        self.start_step = start_step
 
     def update(self, step: int, epoch: int, num_epochs: int, loss: float) -> None:
         now = time.perf_counter()
@@ -159,7 +158,7 @@ class _StopRequests:
         self.previous = {}
 
     def __enter__(self):
-        if _is_main_thread():
+        if threading.current_thread() is threading.main_thread():  # signals need the main thread
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self.previous[sig] = signal.signal(sig, self._handle)
         return self
@@ -172,10 +171,6 @@ class _StopRequests:
             signal.signal(sig, handler)
 
 
-def _is_main_thread() -> bool:
-    return threading.current_thread() is threading.main_thread()
-
-
 def prepare_workdir(config, workdir: Path, overwrite: bool) -> None:
     """Creates the workdir; refuses to mix two different runs in one (lists differing keys)."""
     if overwrite:
@@ -183,8 +178,9 @@ def prepare_workdir(config, workdir: Path, overwrite: bool) -> None:
             path = workdir / name
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     saved_path = workdir / "config.json"
-    if saved_path.exists():
-        differing = config_lib.differing_keys(json.loads(saved_path.read_text()), config_lib.to_dict(config))
+    saved = json.loads(saved_path.read_text()) if saved_path.exists() else _config_in_checkpoints(workdir)
+    if saved is not None:
+        differing = config_lib.differing_keys(saved, config_lib.to_dict(config))
         if differing:
             raise config_lib.ConfigError(
                 f"{workdir} holds a run with a different config:\n  "
@@ -194,6 +190,15 @@ def prepare_workdir(config, workdir: Path, overwrite: bool) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
         ckpt.write_json(saved_path, config_lib.to_dict(config))
+
+
+def _config_in_checkpoints(workdir: Path) -> dict | None:
+    """The config saved with the latest checkpoint, for a workdir whose config.json is gone."""
+    if not (workdir / "checkpoints").is_dir():
+        return None
+    checkpoints = ckpt.Checkpoints(workdir, read_only=True)
+    step = checkpoints.latest_step()
+    return None if step is None else checkpoints.metadata(step)["config"]
 
 
 def _write_status(workdir: Path, status: str, **fields) -> None:
@@ -213,11 +218,11 @@ def train_and_evaluate(
     `stop_after_step` behaves like a SIGTERM after that step (tests use it to interrupt).
     """
     config_lib.validate(config)
+    splits = pipeline.load_splits(config)  # bad data fails here, before the workdir is touched
+    train_split, val_split = splits["train"], splits["validation"]
     workdir = Path(workdir)
     prepare_workdir(config, workdir, overwrite)
     mesh = parallel.make_mesh()
-    splits = pipeline.load_splits(config)
-    train_split, val_split = splits["train"], splits["validation"]
     num_classes = config.data.num_classes
     model = create_model(config.model, num_classes)
     state = create_train_state(config, model, mesh, train_split.images.shape[1:3] + (3,))
@@ -244,7 +249,7 @@ def train_and_evaluate(
         return _final_summary(workdir)
 
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
-    parameter_overview.log_parameter_overview(state.params, msg="params")
+    print(parameter_overview.get_parameter_overview(state.params), flush=True)
     print(
         f"{config.model.name}: {num_params:,} parameters; {len(train_split)} train / {len(val_split)} "
         f"validation examples; {steps_per_epoch} steps/epoch on {jax.device_count()} device(s).",
@@ -254,7 +259,7 @@ def train_and_evaluate(
     eval_step = make_eval_step(mesh, model, num_classes)
     writer = writers.create_writer(workdir, jax.process_index() == 0)
     _write_status(workdir, "running", step=start_step)
-    progress = Progress(total_steps, config.batch_size, start_step)
+    progress = Progress(total_steps, config.batch_size)
 
     def save(metrics=None):
         step = int(state.step)
@@ -303,7 +308,7 @@ def train_and_evaluate(
                 **train,
                 **{f"val_{k}": v for k, v in summary.items()},
                 "learning_rate": optim.current_learning_rate(state.opt_state),
-                "train_time_s": train_time,
+                "training_time_s": train_time,
             }
             writer.write_scalars(step, scalars)
             writer.flush()

@@ -1,6 +1,7 @@
 """The engine end to end on real configs shrunk to tiny sizes (in-process)."""
 
 import json
+import shutil
 
 import jax
 import numpy as np
@@ -26,8 +27,6 @@ def _two_steps(config, devices, batches):
         losses.append(float(metrics.loss.compute()))
     final = np.concatenate([x.ravel() for x in jax.tree.leaves(jax.device_get(state.params))])
     return losses, final - initial
-
-
 
 
 def _relative_difference(a, b) -> float:
@@ -127,6 +126,11 @@ def test_a_different_config_in_the_same_workdir_is_refused_and_nothing_is_lost(r
     with pytest.raises(config_lib.ConfigError, match=r"(?s)optimizer.name: 'adam' -> 'sgd'.*--overwrite"):
         train.train_and_evaluate(changed, workdir)
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == before
+    copy = root / "whole_without_config_json"
+    shutil.copytree(workdir, copy)
+    (copy / "config.json").unlink()  # the checkpoints' own copy of the config still speaks
+    with pytest.raises(config_lib.ConfigError, match="optimizer.name: 'adam' -> 'sgd'"):
+        train.train_and_evaluate(changed, copy)
     longer = seg_mobilenet.get_config("smoke")
     longer.num_epochs = 2  # same run: nothing to do, it is finished
     assert train.train_and_evaluate(longer, workdir)["miou"] == pytest.approx(runs[2]["miou"])
