@@ -65,9 +65,9 @@ def enable_compilation_cache() -> None:
 
 
 def run(flags) -> None:
-    from labjax import evaluate, train  # heavy imports after flag parsing
-
     from absl import logging
+
+    from labjax import evaluate, train  # heavy imports after flag parsing
 
     if not flags["verbosity"].present:  # Orbax logs every file it writes at INFO
         logging.set_verbosity(logging.WARNING)
