@@ -198,7 +198,9 @@ def _config_in_checkpoints(workdir: Path) -> dict | None:
         return None
     checkpoints = ckpt.Checkpoints(workdir, read_only=True)
     step = checkpoints.latest_step()
-    return None if step is None else checkpoints.metadata(step)["config"]
+    config = None if step is None else checkpoints.metadata(step)["config"]
+    checkpoints.close()
+    return config
 
 
 def _write_status(workdir: Path, status: str, **fields) -> None:
