@@ -89,11 +89,17 @@ class Checkpoints:
         return (max(scored) if self.best_mode == "max" else min(scored))[1]
 
     def restore(self, step: int, target, items=STATE_ITEMS) -> dict:
-        """Restores the named items onto `target`'s shapes and shardings (a pytree per item)."""
-        abstract = {name: jax.tree.map(ocp.utils.to_shape_dtype_struct, getattr(target, name)) for name in items}
-        args = {name: ocp.args.StandardRestore(abstract[name]) for name in items}
+        """Restores the named items onto `target`'s shapes and shardings (a pytree per item).
+
+        Items that are empty in `target` (batch_stats of a model without BatchNorm) were not
+        saved; they come back as the target's own empty value.
+        """
+        present = _present(target, items)
+        abstract = {name: jax.tree.map(ocp.utils.to_shape_dtype_struct, getattr(target, name)) for name in present}
+        args = {name: ocp.args.StandardRestore(abstract[name]) for name in present}
         restored = self.manager.restore(step, args=ocp.args.Composite(**args, metadata=ocp.args.JsonRestore()))
-        return {name: restored[name] for name in (*items, "metadata")}
+        result = {name: restored[name] if name in present else getattr(target, name) for name in items}
+        return {**result, "metadata": restored["metadata"]}
 
     def close(self) -> None:
         self.manager.close()

@@ -67,7 +67,7 @@ def enable_compilation_cache() -> None:
 def run(flags) -> None:
     from absl import logging
 
-    from labjax import evaluate, train  # heavy imports after flag parsing
+    from labjax import data_check, evaluate, train  # heavy imports after flag parsing
 
     if not flags["verbosity"].present:  # Orbax logs every file it writes at INFO
         logging.set_verbosity(logging.WARNING)
@@ -79,11 +79,16 @@ def run(flags) -> None:
                 config.keys()  # a config file that failed to load raises here
         except OSError as error:  # the config file could not be loaded
             raise FileNotFoundError(" ".join(str(error).split())) from None
-        if flags.mode == "train":
+        if flags.mode in ("train", "data"):
             if config is None:
-                raise config_lib.ConfigError("--config is required to train, e.g. --config=configs/seg_mobilenet.py")
+                raise config_lib.ConfigError(
+                    f"--config is required with --mode={flags.mode}, e.g. --config=configs/seg_mobilenet.py"
+                )
             workdir = Path(flags.workdir) if flags.workdir else default_workdir(flags["config"].config_filename)
-            train.train_and_evaluate(config, workdir, overwrite=flags.overwrite)
+            if flags.mode == "data":
+                data_check.check_data(config, workdir)
+            else:
+                train.train_and_evaluate(config, workdir, overwrite=flags.overwrite)
         elif flags.mode == "eval":
             if not flags.workdir:
                 raise config_lib.ConfigError("--workdir is required with --mode=eval (the run to evaluate).")

@@ -8,11 +8,10 @@ import ml_collections
 
 TASKS = ("segmentation", "classification")
 OPTIMIZERS = ("sgd", "adam", "adamax")
-DATA_SOURCES = ("synthetic", "folder")
 
 # Keys a resumed run may change without changing what is trained.
 RESUMABLE_CHANGES = re.compile(
-    r"^(num_epochs|num_train_steps|log_every_steps|eval_batch_size|checkpoint\..*|data\.path)$"
+    r"^(num_epochs|num_train_steps|log_every_steps|eval_batch_size|checkpoint\..*|data\.(path|test_path|cache))$"
 )
 
 
@@ -25,25 +24,105 @@ def _check(ok: bool, key: str, value, expected: str) -> None:
         raise ConfigError(f"config.{key}={value!r} is invalid: expected {expected}.")
 
 
+def base_config(task: str) -> ml_collections.ConfigDict:
+    """Every key a run reads, at its default; study configs start here and change what they need.
+
+    One place for the keys means `--config.data.KEY=...` works for every config, and a
+    mistyped key fails in flag parsing (lock_config) whatever the study.
+    """
+    config = ml_collections.ConfigDict()
+    config.task = task
+    config.seed = 0
+
+    config.data = data = ml_collections.ConfigDict()
+    data.source = "synthetic"  # synthetic | masks | folder | idx | cifar | tiny_imagenet | tfds
+    data.path = ""  # the source's folder
+    data.test_path = ""  # folder source: a second folder of class folders used as the test split
+    data.image_size = 0  # decode/generate at this size (0: the source's own size)
+    data.channels = 0  # 1 (gray) or 3 (RGB); 0: the source's own
+    data.num_classes = 0  # synthetic and masks: the number of classes; others: 0 = from the data
+    data.class_names = ""  # comma-separated: fixes class order (folder) or names the classes (idx)
+    data.label_pattern = ""  # folder: regex with a group 'label' read from file names
+    data.label_mode = "fine"  # cifar-100: fine | coarse
+    data.skip_bad_files = False  # skip undecodable files with a warning instead of failing
+    data.cache = "auto"  # file sources: auto | memory | stream (decode every epoch)
+    # masks source: images and PNG masks paired by file stem
+    data.image_dir = "images"
+    data.mask_dir = "masks"
+    data.match_regex = ""  # regex whose group 1 pairs image and mask stems; "" = whole stem
+    data.mask_values = ""  # e.g. "0:0,255:1" maps raw mask values to class ids
+    data.ignore_label = -1  # raw mask value excluded from loss and metrics (-1: none)
+    # tfds source
+    data.name = ""  # "cifar100" or "cifar100:3.0.2"
+    data.data_dir = ""
+    data.download = False
+    data.tfds_splits = ""  # "train=train[:80%],validation=train[80%:],test=test"; "" = the builder's
+    data.image_key = "image"
+    data.label_key = "label"
+    # synthetic source; masks: train_size first pairs train, the rest validation (0: all train)
+    data.train_size = 0
+    data.val_size = 0
+    # label operations, then splits
+    data.merge = ""  # "upper=0,2,3,4,6;lower=1;shoes=5,7,9" (ids or names; unlisted classes dropped)
+    data.keep = ""  # "first:20" | "0,5,7" | "apple,bee"
+    data.split_fractions = ""  # pool all splits and re-split: "train=0.7,validation=0.15,test=0.15"
+    data.val_fraction = 0.0  # carve validation out of train (stratified)
+    data.folds = 0  # k-fold cross-validation over train+validation (test stays out) ...
+    data.fold = 0  # ... with this fold as validation
+    data.balance = "none"  # none | oversample (augmented copies) | weights (class weights in the loss)
+    data.copy_fraction = 0.0  # add this fraction of train images again as copies (S4: 0.25)
+    data.copy_augment = "flip_lr(p=1.0)"  # ops applied to copies (on top of augment)
+    # per-example ops, written "op|op(arg, key=value)"; see labjax/data/augment.py
+    data.preprocess = ""  # every split: resize, crops, channels
+    data.augment = ""  # train only: flips, rotations, colour, erasing, randaugment ...
+    data.normalize = "minus_one_one"  # none | zero_one | minus_one_one | imagenet | mean_std | caffe | torch | tf
+    data.mixup = 0.0  # Beta(alpha) of mixup (classification; 0: off)
+    data.cutmix = 0.0  # Beta(alpha) of cutmix
+
+    config.model = ml_collections.ConfigDict()
+    config.model.name = ""
+    config.model.dropout = 0.0
+
+    config.optimizer = opt = ml_collections.ConfigDict()
+    opt.name = "adam"  # sgd | adam | adamax
+    opt.learning_rate = 1e-3
+    opt.b1 = 0.9
+    opt.b2 = 0.999
+    opt.eps = 1e-7  # Keras' default
+    opt.momentum = 0.0  # sgd only
+    opt.nesterov = False  # sgd only
+
+    config.batch_size = 32  # global batch, split over all devices
+    config.eval_batch_size = 32
+    config.num_epochs = 10
+    config.num_train_steps = -1  # > 0 overrides num_epochs
+    config.log_every_steps = 10
+
+    config.checkpoint = ml_collections.ConfigDict()
+    config.checkpoint.every_epochs = 1
+    config.checkpoint.keep = 2  # latest K kept, plus the best below
+    config.checkpoint.best_metric = "val_accuracy"
+    config.checkpoint.best_mode = "max"
+    return config
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
     """Raises ConfigError naming the key, its value and the valid choices."""
-    from labjax.models import IMAGE_SIZE_RULES, MODELS  # models do not import config
+    from labjax.models import IMAGE_SIZE_RULES, MODELS  # models and data do not import config
 
     num_devices = num_devices or jax.device_count()
     _check(config.task in TASKS, "task", config.task, f"one of {TASKS}")
     data, opt, model = config.data, config.optimizer, config.model
-    _check(data.source in DATA_SOURCES, "data.source", data.source, f"one of {DATA_SOURCES}")
-    if data.source == "folder":
-        _check(bool(data.path), "data.path", data.path, "the folder holding the images and masks")
-    _check(data.num_classes >= 2, "data.num_classes", data.num_classes, "an integer >= 2")
+    _validate_data(data, config.task)
     _check(model.name in MODELS, "model.name", model.name, f"one of {sorted(MODELS)}")
-    smallest, divisor = IMAGE_SIZE_RULES[model.name]
-    _check(
-        data.image_size >= smallest and data.image_size % divisor == 0,
-        "data.image_size",
-        data.image_size,
-        f"at least {smallest} and a multiple of {divisor} for model {model.name!r}",
-    )
+    if data.image_size and not data.preprocess:
+        smallest, divisor = IMAGE_SIZE_RULES[model.name]
+        _check(
+            data.image_size >= smallest and data.image_size % divisor == 0,
+            "data.image_size",
+            data.image_size,
+            f"at least {smallest} and a multiple of {divisor} for model {model.name!r}",
+        )
     _check(opt.name in OPTIMIZERS, "optimizer.name", opt.name, f"one of {OPTIMIZERS}")
     _check(opt.learning_rate > 0, "optimizer.learning_rate", opt.learning_rate, "a number > 0")
     for beta in ("b1", "b2"):
@@ -69,6 +148,42 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         config.checkpoint.best_mode,
         "'min' or 'max'",
     )
+
+
+def _validate_data(data: ml_collections.ConfigDict, task: str) -> None:
+    """Checks of config.data that need no files; the sources check what they read."""
+    from labjax.data import augment, pipeline
+
+    _check(data.source in pipeline.SOURCES, "data.source", data.source, f"one of {pipeline.SOURCES}")
+    if data.source == "synthetic":
+        _check(data.image_size > 0, "data.image_size", data.image_size, "an image size > 0 for synthetic data")
+        _check(data.train_size > 0, "data.train_size", data.train_size, "a number of examples > 0")
+        _check(data.val_size > 0, "data.val_size", data.val_size, "a number of examples > 0")
+    elif data.source == "tfds":
+        _check(bool(data.name), "data.name", data.name, "a TFDS data set name such as 'cifar100'")
+    else:
+        _check(bool(data.path), "data.path", data.path, f"the folder of the {data.source} data")
+    if data.source in ("synthetic", "masks"):
+        _check(data.num_classes >= 2, "data.num_classes", data.num_classes, "an integer >= 2")
+    _check(data.num_classes >= 0, "data.num_classes", data.num_classes, "0 (from the data) or the class count")
+    _check(data.image_size >= 0, "data.image_size", data.image_size, "0 (native) or a size in pixels")
+    _check(data.channels in (0, 1, 3), "data.channels", data.channels, "0 (native), 1 or 3")
+    _check(data.cache in pipeline.CACHE, "data.cache", data.cache, f"one of {pipeline.CACHE}")
+    _check(data.balance in pipeline.BALANCE, "data.balance", data.balance, f"one of {pipeline.BALANCE}")
+    _check(0 <= data.val_fraction < 1, "data.val_fraction", data.val_fraction, "a fraction in [0, 1)")
+    _check(0 <= data.copy_fraction <= 1, "data.copy_fraction", data.copy_fraction, "a fraction in [0, 1]")
+    _check(data.folds == 0 or data.folds >= 2, "data.folds", data.folds, "0 (no folds) or k >= 2")
+    if data.folds:
+        _check(0 <= data.fold < data.folds, "data.fold", data.fold, f"a fold index in [0, {data.folds})")
+    _check(
+        data.normalize in augment.NORMALIZE_MODES, "data.normalize", data.normalize, f"one of {augment.NORMALIZE_MODES}"
+    )
+    for key in ("preprocess", "augment", "copy_augment"):
+        augment.parse(data[key], f"data.{key}")
+    for key in ("mixup", "cutmix"):
+        _check(data[key] >= 0, f"data.{key}", data[key], "an alpha >= 0 (0: off)")
+        if data[key]:
+            _check(task == "classification", f"data.{key}", data[key], "0 for segmentation (mixing is per image)")
 
 
 def to_dict(config: ml_collections.ConfigDict) -> dict:

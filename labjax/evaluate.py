@@ -29,9 +29,9 @@ def evaluate(workdir: str | Path, checkpoint: str = "latest", split: str = "vali
     """Writes WORKDIR/eval/<step>_<split>.json (and a sample PNG for segmentation)."""
     workdir = Path(workdir)
     config = load_run_config(workdir)
-    splits = pipeline.load_splits(config)
-    if split not in splits:
-        raise ValueError(f"--split={split!r} is unknown; available: {sorted(splits)}.")
+    data = pipeline.load(config)
+    if split not in data.splits:
+        raise ValueError(f"--split={split!r} is unknown; available: {sorted(data.splits)}.")
     checkpoints = ckpt.Checkpoints(workdir, config.checkpoint, read_only=True)
     step = ckpt.resolve_step(checkpoints, checkpoint)
     mesh = parallel.make_mesh()
@@ -39,18 +39,19 @@ def evaluate(workdir: str | Path, checkpoint: str = "latest", split: str = "vali
     if eval_batch % jax.device_count():  # trained on more devices than are here
         eval_batch = jax.device_count() * -(-eval_batch // jax.device_count())
     config.eval_batch_size = eval_batch
-    model = create_model(config.model, config.data.num_classes)
-    data = splits[split]
-    state = train.create_train_state(config, model, mesh, data.images.shape[1:3] + (3,))
+    model = create_model(config.model, data.num_classes)
+    state = train.create_train_state(config, model, mesh, data.input_shape)
     restored = checkpoints.restore(step, state, items=("params", "batch_stats"))
     checkpoints.close()
     variables = {"params": restored["params"], "batch_stats": restored["batch_stats"]}
-    eval_step = train.make_eval_step(mesh, model, config.data.num_classes)
+    eval_step = train.make_eval_step(mesh, model, data.num_classes)
     segmentation = config.task == "segmentation"
     summary, computed, predictions = train.evaluate_split(
-        eval_step, variables, data, config, mesh, keep_predictions=NUM_SAMPLES if segmentation else 0
+        eval_step, variables, data, split, config, mesh, keep_predictions=NUM_SAMPLES if segmentation else 0
     )
-    result = {"step": step, "checkpoint": checkpoint, "split": split, "num_examples": len(data), **summary}
+    num_examples = len(data.splits[split])
+    result = {"step": step, "checkpoint": checkpoint, "split": split, "num_examples": num_examples, **summary}
+    result["class_names"] = data.class_names
     result["confusion_matrix"] = computed["confusion"].tolist()
     if segmentation:
         result["iou_per_class"] = tasks.summarize_confusion(computed["confusion"])["iou_per_class"]
@@ -58,16 +59,17 @@ def evaluate(workdir: str | Path, checkpoint: str = "latest", split: str = "vali
     out_dir.mkdir(exist_ok=True)
     ckpt.write_json(out_dir / f"{checkpoint}_{split}.json", result)
     if segmentation:
-        images = next(pipeline.eval_batches(data, NUM_SAMPLES))["image"]
+        batch = next(pipeline.eval_batches(data, split, config, global_batch=NUM_SAMPLES))
+        count = min(NUM_SAMPLES, num_examples)
         plots.plot_segmentation_samples(
-            images,
-            data.labels[:NUM_SAMPLES],
-            predictions,
-            config.data.num_classes,
+            batch["image"][:count],
+            batch["label"][:count],
+            predictions[:count],
+            data.num_classes,
             out_dir / f"{checkpoint}_{split}_samples.png",
         )
     print(
-        f"{workdir} step {step} on {split} ({len(data)} examples): "
+        f"{workdir} step {step} on {split} ({num_examples} examples): "
         + " ".join(f"{k} {v:.4f}" for k, v in summary.items()),
         flush=True,
     )

@@ -45,6 +45,38 @@ def _colorize(mask: np.ndarray, num_classes: int) -> np.ndarray:
     return colored
 
 
+def _displayable(image: np.ndarray) -> np.ndarray:
+    """Any normalisation (caffe, mean/std, [-1, 1], ...) -> [0, 1] for display, per image."""
+    image = np.asarray(image, np.float32)
+    low, high = image.min(), image.max()
+    return (image - low) / max(high - low, 1e-6)
+
+
+def plot_sample_grid(
+    images: np.ndarray, labels: np.ndarray, class_names: list[str], path: Path, columns: int = 8
+) -> Path:
+    """A grid of input images titled with their class, or with their mask overlaid (segmentation)."""
+    n = len(images)
+    rows = -(-n // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.8 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, image, label in zip(axes.ravel(), images, labels):
+        shown = _displayable(image)
+        ax.imshow(shown.squeeze(), cmap="gray" if shown.shape[-1] == 1 else None)
+        if np.ndim(label) == 0:
+            ax.set_title(class_names[int(label)] if 0 <= label < len(class_names) else str(label), fontsize=7)
+        else:
+            overlay = _colorize(np.asarray(label), len(class_names))
+            alpha = np.where(np.asarray(label) > 0, 0.45, 0.0)  # background and ignored pixels left clear
+            ax.imshow(np.concatenate([overlay, alpha[..., None]], -1))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 def plot_segmentation_samples(
     images: np.ndarray, labels: np.ndarray, predictions: np.ndarray, num_classes: int, path: Path
 ) -> Path:
@@ -52,8 +84,7 @@ def plot_segmentation_samples(
     n = len(images)
     fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.5 * n), squeeze=False)
     for i in range(n):
-        image = (np.asarray(images[i], np.float32) + 1.0) / 2.0  # [-1, 1] -> [0, 1]
-        panels = (image.clip(0, 1), _colorize(labels[i], num_classes), _colorize(predictions[i], num_classes))
+        panels = (_displayable(images[i]), _colorize(labels[i], num_classes), _colorize(predictions[i], num_classes))
         for ax, panel, title in zip(axes[i], panels, ("image", "true mask", "predicted mask")):
             ax.imshow(panel.squeeze(), cmap="gray" if panel.shape[-1] == 1 else None)
             ax.set_title(title, fontsize=9)

@@ -26,7 +26,7 @@ from labjax import optim, parallel, plots, tasks, writers
 from labjax.data import pipeline
 from labjax.models import create_model
 
-OWN_FILES = ("checkpoints", "tensorboard", "plots", "eval", "metrics.jsonl", "status.json", "config.json")
+OWN_FILES = ("checkpoints", "tensorboard", "plots", "eval", "data", "metrics.jsonl", "status.json", "config.json")
 
 
 class TrainState(train_state.TrainState):
@@ -60,12 +60,28 @@ def create_train_state(config, model, mesh, image_shape: tuple[int, ...]) -> Tra
     return jax.jit(init, out_shardings=parallel.replicated(mesh))()
 
 
-def make_train_step(mesh, num_classes: int):
-    """The jitted step: forward, backward, update; returns (new state, TrainMetrics)."""
+def make_train_step(mesh, num_classes: int, class_weights: np.ndarray | None = None):
+    """The jitted step: forward, backward, update; returns (new state, TrainMetrics).
+
+    `class_weights` (balance=weights) scale each label's loss, normalised by the summed
+    weights as PyTorch's weighted cross-entropy does. A mixed batch (mixup/cutmix) carries
+    a second label and its share: the loss is mix * CE(label) + (1 - mix) * CE(label_b).
+    """
+    weights = None if class_weights is None else jnp.asarray(class_weights, jnp.float32)
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, tasks.TrainMetrics]:
         labels = batch["label"]
         mask = tasks.label_mask(labels, jnp.ones(labels.shape[:1], bool), num_classes)
+
+        def objective(logits):
+            losses = tasks.per_label_loss(logits, labels, mask)
+            if "mix" in batch:
+                mix = batch["mix"].reshape(batch["mix"].shape + (1,) * (labels.ndim - 1))
+                losses = mix * losses + (1 - mix) * tasks.per_label_loss(logits, batch["label_b"], mask)
+            if weights is None:
+                return losses.sum() / jnp.maximum(mask.sum(), 1), losses
+            per_label = jnp.where(mask, weights[jnp.clip(labels, 0, num_classes - 1)], 0.0)
+            return (per_label * losses).sum() / jnp.maximum(per_label.sum(), 1e-12), losses
 
         def loss_fn(params):
             logits, updates = state.apply_fn(
@@ -75,8 +91,8 @@ def make_train_step(mesh, num_classes: int):
                 rngs={"dropout": jax.random.fold_in(state.rng, state.step)},
                 mutable=["batch_stats"],
             )
-            losses = tasks.per_label_loss(logits, labels, mask)
-            return losses.sum() / jnp.maximum(mask.sum(), 1), (logits, losses, updates)
+            loss, losses = objective(logits)
+            return loss, (logits, losses, updates)
 
         grads, (logits, losses, updates) = jax.grad(loss_fn, has_aux=True)(state.params)
         state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", {}))
@@ -109,10 +125,10 @@ def make_eval_step(mesh, model, num_classes: int):
     return jax.jit(eval_step, in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)))
 
 
-def evaluate_split(eval_step, variables, split, config, mesh, keep_predictions: int = 0):
+def evaluate_split(eval_step, variables, data, split: str, config, mesh, keep_predictions: int = 0):
     """Exact metrics over a whole split, and the first `keep_predictions` predictions."""
     collected, predictions = None, []
-    batches = pipeline.eval_batches(split, config.eval_batch_size, jax.process_index(), jax.process_count())
+    batches = pipeline.eval_batches(data, split, config, None, jax.process_index(), jax.process_count())
     for batch in batches:
         metrics, preds = eval_step(variables, parallel.to_global(batch, mesh))
         collected = metrics if collected is None else collected.merge(metrics)
@@ -121,6 +137,20 @@ def evaluate_split(eval_step, variables, split, config, mesh, keep_predictions: 
     computed = jax.device_get(collected.compute())
     preds = np.concatenate(predictions)[:keep_predictions] if predictions else None
     return tasks.eval_summary(config.task, computed), computed, preds
+
+
+def check_input_fits_model(config, input_shape: tuple[int, int, int]) -> None:
+    """The model's smallest input and size divisor, checked on the real input after preprocessing."""
+    from labjax.models import IMAGE_SIZE_RULES
+
+    smallest, divisor = IMAGE_SIZE_RULES[config.model.name]
+    height, width = input_shape[:2]
+    if min(height, width) < smallest or height % divisor or width % divisor:
+        raise config_lib.ConfigError(
+            f"the model input is {height}x{width} (config.data.image_size={config.data.image_size}, "
+            f"config.data.preprocess={config.data.preprocess!r}), but model {config.model.name!r} needs sides of at "
+            f"least {smallest} that are multiples of {divisor}; resize with data.image_size or a resize op."
+        )
 
 
 def _format_time(seconds: float) -> str:
@@ -220,17 +250,17 @@ def train_and_evaluate(
     `stop_after_step` behaves like a SIGTERM after that step (tests use it to interrupt).
     """
     config_lib.validate(config)
-    splits = pipeline.load_splits(config)  # bad data fails here, before the workdir is touched
-    train_split, val_split = splits["train"], splits["validation"]
+    data = pipeline.load(config)  # bad data fails here, before the workdir is touched
+    check_input_fits_model(config, data.input_shape)
     workdir = Path(workdir)
     prepare_workdir(config, workdir, overwrite)
     mesh = parallel.make_mesh()
-    num_classes = config.data.num_classes
+    num_classes = data.num_classes
     model = create_model(config.model, num_classes)
-    state = create_train_state(config, model, mesh, train_split.images.shape[1:3] + (3,))
+    state = create_train_state(config, model, mesh, data.input_shape)
 
     checkpoints = ckpt.Checkpoints(workdir, config.checkpoint)
-    steps_per_epoch = pipeline.steps_per_epoch(train_split, config.batch_size)
+    steps_per_epoch = pipeline.steps_per_epoch(data, config.batch_size)
     total_steps = config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
     num_epochs = -(-total_steps // steps_per_epoch)
     start_step, train_time = 0, 0.0
@@ -253,11 +283,12 @@ def train_and_evaluate(
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     print(parameter_overview.get_parameter_overview(state.params), flush=True)
     print(
-        f"{config.model.name}: {num_params:,} parameters; {len(train_split)} train / {len(val_split)} "
-        f"validation examples; {steps_per_epoch} steps/epoch on {jax.device_count()} device(s).",
+        f"{config.model.name}: {num_params:,} parameters; {data.num_train()} train / "
+        f"{len(data.splits['validation'])} validation examples of {num_classes} classes, input "
+        f"{'x'.join(map(str, data.input_shape))}; {steps_per_epoch} steps/epoch on {jax.device_count()} device(s).",
         flush=True,
     )
-    train_step = make_train_step(mesh, num_classes)
+    train_step = make_train_step(mesh, num_classes, data.class_weights)
     eval_step = make_eval_step(mesh, model, num_classes)
     writer = writers.create_writer(workdir, jax.process_index() == 0)
     _write_status(workdir, "running", step=start_step)
@@ -270,6 +301,7 @@ def train_and_evaluate(
             "epoch": step / steps_per_epoch,
             "train_time_s": train_time,
             "config": config_lib.to_dict(config),
+            "class_names": data.class_names,
         }
         checkpoints.save(state, metadata, metrics)
 
@@ -279,7 +311,7 @@ def train_and_evaluate(
             epoch = step // steps_per_epoch
             epoch_metrics, tic = None, time.perf_counter()
             for batch in pipeline.train_batches(
-                train_split, config, epoch, step % steps_per_epoch, jax.process_index(), jax.process_count()
+                data, config, epoch, step % steps_per_epoch, jax.process_index(), jax.process_count()
             ):
                 state, metrics = train_step(state, parallel.to_global(batch, mesh))
                 epoch_metrics = metrics if epoch_metrics is None else epoch_metrics.merge(metrics)
@@ -303,7 +335,7 @@ def train_and_evaluate(
             train = {f"train_{k}": float(v) for k, v in epoch_metrics.compute().items()}
             _check_finite(train["train_loss"], step, workdir)
             summary, _, _ = evaluate_split(
-                eval_step, {"params": state.params, "batch_stats": state.batch_stats}, val_split, config, mesh
+                eval_step, {"params": state.params, "batch_stats": state.batch_stats}, data, "validation", config, mesh
             )
             scalars = {
                 "epoch": step / steps_per_epoch,

@@ -14,6 +14,7 @@ from labjax import config as config_lib
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = "--config=configs/seg_mobilenet.py:smoke"
+FASHION_SMOKE = "--config=configs/fashion3_cnn.py:smoke"
 
 
 def _launch(*args, **kwargs) -> subprocess.CompletedProcess:
@@ -75,8 +76,9 @@ def test_default_workdir_names_the_config_and_argument():
 
 
 def test_sigterm_saves_a_checkpoint_then_resume_and_eval_from_the_command_line(tmp_path):
+    """On the S2 smoke config (a small CNN compiles in seconds; test_train covers segmentation)."""
     workdir = tmp_path / "run"
-    args = [SMOKE, f"--workdir={workdir}", "--config.num_epochs=200", "--config.log_every_steps=1"]
+    args = [FASHION_SMOKE, f"--workdir={workdir}", "--config.num_epochs=200", "--config.log_every_steps=1"]
     process = subprocess.Popen(
         [sys.executable, "launch.py", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -92,9 +94,9 @@ def test_sigterm_saves_a_checkpoint_then_resume_and_eval_from_the_command_line(t
     assert status["status"] == "interrupted" and status["reason"] == "SIGTERM"
     stopped = status["step"]
 
-    result = _launch(SMOKE, f"--workdir={workdir}", "--config.num_epochs=2", "--config.log_every_steps=1")
+    result = _launch(FASHION_SMOKE, f"--workdir={workdir}", "--config.num_epochs=2", "--config.log_every_steps=1")
     assert result.returncode == 0, result.stderr
-    if stopped < 8:
+    if stopped < 2 * 17:  # 17 steps an epoch
         assert f"Resuming {workdir} from step {stopped}" in result.stdout
     evaluated = _launch("--mode=eval", f"--workdir={workdir}", "--checkpoint=best")
     assert evaluated.returncode == 0, evaluated.stderr

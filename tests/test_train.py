@@ -36,10 +36,12 @@ def _relative_difference(a, b) -> float:
 def test_train_step_gives_the_same_result_on_one_and_several_devices():
     """Same losses, and parameter updates as close as float rounding allows.
 
-    From a random init, BatchNorm over tiny batches makes gradients ill-conditioned:
-    merely reversing the order of the batch on one device moves the update by ~3%.
-    That rounding floor, measured here, scales the 1-vs-4-device tolerance; a wrong
-    computation (per-device BatchNorm statistics, a lost gradient sum) differs by O(1).
+    From a random init, BatchNorm over tiny batches makes gradients ill-conditioned: merely
+    reversing the order of the batch on one device moves the update by up to a few percent,
+    and the device count's summation order does the same (measured 0.3% to 2.3% here,
+    depending on the data). The errors this test exists for are far larger: per-device
+    BatchNorm statistics change the first step's loss, and a gradient not summed over
+    devices (or averaged twice) changes the update by 75% or more.
     """
     config = seg_mobilenet.get_config("smoke")
     # SGD: updates linear in the gradients (Adam's m/sqrt(v) turns tiny differences of
@@ -47,17 +49,19 @@ def test_train_step_gives_the_same_result_on_one_and_several_devices():
     # BatchNorm does not normalise over just 4 values.
     config.optimizer.name = "sgd"
     config.data.image_size, config.batch_size = 64, 8
-    split = pipeline.load_splits(config)["train"]
-    batches = list(pipeline.train_batches(split, config, epoch=0))[:2]
+    data = pipeline.load(config)
+    batches = list(pipeline.train_batches(data, config, epoch=0))[:2]
     reversed_batches = [{k: v[::-1].copy() for k, v in batch.items()} for batch in batches]
     one_losses, one = _two_steps(config, jax.devices()[:1], batches)
     _, one_reversed = _two_steps(config, jax.devices()[:1], reversed_batches)
     several_losses, several = _two_steps(config, jax.devices(), batches)
     assert len(jax.devices()) > 1
     np.testing.assert_allclose(one_losses, several_losses, rtol=1e-5)
-    rounding_floor = _relative_difference(one, one_reversed)
-    assert rounding_floor < 0.05
-    assert _relative_difference(one, several) <= 3 * rounding_floor + 1e-6
+    assert _relative_difference(one, one_reversed) < 0.05  # the rounding floor
+    assert _relative_difference(one, several) < 0.1
+    # and the update is not a multiple of the right one (a gradient summed or averaged wrongly)
+    scale = float(np.dot(one, several) / np.dot(one, one))
+    assert scale == pytest.approx(1.0, abs=0.05)
 
 
 @pytest.fixture(scope="module")
@@ -155,3 +159,38 @@ def test_classification_task_trains_the_small_cnn(tmp_path):
     assert set(summary) == {"loss", "accuracy"} and 0.0 <= summary["accuracy"] <= 1.0
     rows = writers.read_rows(tmp_path / "metrics.jsonl")
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+
+
+def _small_cnn_update(batch, class_weights=None):
+    """Parameters after one small-CNN SGD step on one device."""
+    config = seg_mobilenet.get_config("smoke")
+    config.task, config.model.name = "classification", "small_cnn"
+    config.optimizer.name, config.optimizer.learning_rate = "sgd", 0.1  # updates linear in the gradient
+    mesh = parallel.make_mesh(jax.devices()[:1])
+    model = create_model(config.model, 3)
+    state = train.create_train_state(config, model, mesh, batch["image"].shape[1:])
+    state, _ = train.make_train_step(mesh, 3, class_weights)(state, parallel.to_global(batch, mesh))
+    return np.concatenate([x.ravel() for x in jax.tree.leaves(jax.device_get(state.params))])
+
+
+def test_class_weights_and_mixed_labels_enter_the_loss_as_defined():
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(8, 28, 28, 1)).astype(np.float32)
+    labels = np.array([0, 1, 2, 0, 1, 2, 0, 0], np.int32)
+    plain = _small_cnn_update({"image": images, "label": labels})
+    for weights in ([1.0, 1.0, 1.0], [2.0, 2.0, 2.0]):  # normalised by the summed weights
+        np.testing.assert_allclose(
+            _small_cnn_update({"image": images, "label": labels}, np.array(weights)), plain, rtol=1e-4, atol=1e-5
+        )
+    only_class_0 = _small_cnn_update({"image": images, "label": labels}, np.array([1.0, 0.0, 0.0]))
+    ignored = np.where(labels == 0, labels, -1)  # the same objective written with ignored labels
+    np.testing.assert_allclose(
+        only_class_0, _small_cnn_update({"image": images, "label": ignored}), rtol=1e-4, atol=1e-5
+    )
+    assert np.abs(only_class_0 - plain).max() > 1e-2  # a real change, far above rounding
+    mix = rng.uniform(size=8).astype(np.float32)
+    same = _small_cnn_update({"image": images, "label": labels, "label_b": labels, "mix": mix})
+    np.testing.assert_allclose(same, plain, rtol=1e-4, atol=1e-5)
+    other = np.roll(labels, 1)
+    all_b = _small_cnn_update({"image": images, "label": labels, "label_b": other, "mix": np.zeros(8, np.float32)})
+    np.testing.assert_allclose(all_b, _small_cnn_update({"image": images, "label": other}), rtol=1e-4, atol=1e-5)

@@ -1,4 +1,4 @@
-"""Built-in, offline, deterministic synthetic semantic-segmentation data.
+"""Built-in, offline, deterministic synthetic segmentation and classification data.
 
 Every example is a cluttered, noisy RGB image holding 2 to 5 labelled objects
 plus 1 to 3 unlabelled distractors (proportionally more in wide or tall images).  An object class is a fixed (shape,
@@ -18,6 +18,12 @@ anywhere.  Mask decisions use only IEEE arithmetic, ``sqrt`` and ``floor`` on
 arrays (no vectorised transcendental functions, whose SIMD versions differ
 between CPUs), so arrays are reproducible across machines for a given NumPy
 random stream.  NumPy only.
+
+The classification set (``make_classification_arrays``) reuses the shapes,
+textures and drawing: each image shows one large object whose (shape, texture)
+pair is its class, over the same kind of clutter and smaller distractors of
+pairs that are no class.  Its label is ``index % num_classes``, so any
+``num_classes`` consecutive examples are balanced.
 """
 
 from __future__ import annotations
@@ -28,10 +34,13 @@ import math
 import numpy as np
 
 __all__ = [
+    "MAX_CLASSIFICATION_CLASSES",
     "MAX_NUM_CLASSES",
     "SHAPES",
     "SYNTHETIC_SEGMENTATION_CLASSES",
     "TEXTURES",
+    "classification_class_names",
+    "make_classification_arrays",
     "make_segmentation_arrays",
     "make_segmentation_example",
     "segmentation_class_names",
@@ -309,7 +318,7 @@ def _draw_background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 
 def _draw_object(
     img: np.ndarray,
-    mask: np.ndarray,
+    mask: np.ndarray | None,
     label: int,
     shape: str,
     texture: str,
@@ -319,8 +328,15 @@ def _draw_object(
     params: dict[str, float],
     extent: float,
     rng: np.random.Generator,
+    colours: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> None:
-    h, w = mask.shape
+    """Paints one object into ``img`` (3, H, W) and its ``label`` into ``mask`` (if given).
+
+    ``img`` is channel-first (an HWC image's ``transpose(2, 0, 1)`` view works too), which
+    keeps the per-pixel blending fast.  ``colours`` (the two texture colours) are drawn with
+    ``_colour_pair`` when not given.
+    """
+    h, w = img.shape[1:]
     y0, y1, x0, x1 = _bbox(cy, cx, extent, h, w)
     if y1 <= y0 or x1 <= x0:
         return
@@ -332,17 +348,18 @@ def _draw_object(
     v = -s * dx + c * dy
     sdf = _shape_sdf(shape, u, v, params)
     second = _texture_map(texture, u, v, sdf, r, rng)
-    c1, c2 = _colour_pair(rng)
-    col = np.where(second[..., None], c2, c1)
+    c1, c2 = _colour_pair(rng) if colours is None else colours
+    col = np.where(second, c2[:, None, None], c1[:, None, None])
     # Gentle linear shading across the object.
     gy, gx = (float(g) for g in rng.uniform(-0.2, 0.2, 2))
     shade = 1.0 + (gx * dx + gy * dy) / extent
-    col = col * shade[..., None]
-    alpha = np.clip(0.5 - sdf, 0.0, 1.0)  # ~1 px anti-aliased edge
-    patch = img[y0:y1, x0:x1]
-    patch += alpha[..., None] * (col - patch)
-    m = mask[y0:y1, x0:x1]
-    m[sdf <= 0.0] = label
+    col = col * shade
+    alpha = np.minimum(np.maximum(0.5 - sdf, 0.0), 1.0)  # ~1 px anti-aliased edge
+    patch = img[:, y0:y1, x0:x1]
+    patch += alpha * (col - patch)
+    if mask is not None:
+        m = mask[y0:y1, x0:x1]
+        m[sdf <= 0.0] = label
 
 
 def make_segmentation_example(
@@ -396,7 +413,7 @@ def make_segmentation_example(
             if all(math.hypot(cy - py, cx - px) >= 0.7 * (r + pr) for py, px, pr in placed):
                 break
         placed.append((cy, cx, r))
-        _draw_object(img, mask, label, shape, texture, cy, cx, r, params, extent, rng)
+        _draw_object(img.transpose(2, 0, 1), mask, label, shape, texture, cy, cx, r, params, extent, rng)
 
     sigma = rng.uniform(4.0, 12.0)
     img += sigma * rng.standard_normal((h, w, 3), dtype=np.float32)
@@ -424,3 +441,211 @@ def make_segmentation_arrays(
     for j in range(count):
         images[j], masks[j] = make_segmentation_example(start + j, seed=seed, size=(h, w), num_classes=num_classes)
     return images, masks
+
+
+# --------------------------------------------------------------------------
+# Classification: one large object of the image's class in clutter.
+# --------------------------------------------------------------------------
+
+#: Most classes of the classification set: one per (shape, texture) pair of the table.
+MAX_CLASSIFICATION_CLASSES: int = len(_CLASS_TABLE)
+
+_CLASSIFICATION_MIN_SIZE = 8
+_CLASSIFICATION_STREAM = 1  # third seed word, so a classification image never repeats a segmentation one
+_MAIN_RADIUS_RANGE = (0.26, 0.34)
+_DISTRACTOR_RADIUS_RANGE = (0.1, 0.17)
+
+
+def classification_class_names(num_classes: int) -> list[str]:
+    """Names of ``num_classes`` classes: ``["striped disk", "checkered square", ...]``."""
+    _check_classification_classes(num_classes)
+    return [f"{texture} {shape}" for shape, texture in _CLASS_TABLE[:num_classes]]
+
+
+def _check_classification_classes(num_classes: int) -> None:
+    if not 2 <= num_classes <= MAX_CLASSIFICATION_CLASSES:
+        raise ValueError(
+            f"num_classes={num_classes}: the synthetic classification set has 2 to {MAX_CLASSIFICATION_CLASSES} "
+            "classes (one per (shape, texture) pair); set config.data.num_classes in that range."
+        )
+
+
+@functools.cache
+def _distractor_cdf(num_classes: int) -> tuple[tuple[tuple[str, str], ...], np.ndarray]:
+    """The (shape, texture) pairs of none of the ``num_classes`` classes and their cumulative probabilities."""
+    pairs, probs = _distractors(num_classes + 1)
+    return pairs, np.cumsum(probs)
+
+
+def _cos_sin(angles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cosines and sines with the scalar ``math`` functions (identical on every CPU)."""
+    return (
+        np.array([math.cos(a) for a in angles], np.float32),
+        np.array([math.sin(a) for a in angles], np.float32),
+    )
+
+
+def _composite(img: np.ndarray, alphas: np.ndarray, colours: np.ndarray) -> None:
+    """Paints layers of opacity ``alphas`` (K, H, W) and colours (K, 3) over ``img`` (3, H, W) in order.
+
+    Closed form of the K "over" operations: layer k is seen through the layers above it.
+    """
+    clear = 1.0 - alphas
+    above = np.empty_like(alphas)  # product of (1 - alpha) over the layers above layer k
+    above[-1] = 1.0
+    for k in range(len(alphas) - 2, -1, -1):
+        np.multiply(above[k + 1], clear[k + 1], out=above[k])
+    weights = alphas * above
+    through = clear[0] * above[0]
+    for channel in range(3):
+        img[channel] = img[channel] * through + (weights * colours[:, channel, None, None]).sum(0)
+
+
+def _clutter_background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """(3, H, W): ``_draw_background``'s gradient, soft blobs and thin lines, in whole-image arrays.
+
+    The same kind of clutter, but all blobs and lines are computed at once over the full
+    image instead of one bounding box at a time, several times faster at small sizes.
+    """
+    ca, cb = rng.uniform(0.0, 255.0, (2, 3, 1, 1)).astype(np.float32)
+    ang = rng.uniform(0.0, 2.0 * math.pi)
+    c, s = math.cos(ang), math.sin(ang)
+    ys = np.arange(h, dtype=np.float32)[:, None] / max(h - 1, 1)
+    xs = np.arange(w, dtype=np.float32)[None, :] / max(w - 1, 1)
+    lo = min(c, 0.0) + min(s, 0.0)
+    hi = max(c, 0.0) + max(s, 0.0)
+    img = ca + (cb - ca) * ((c * xs + s * ys - lo) / max(hi - lo, 1e-6))
+
+    scale = min(h, w)
+    aspect = min(max(h, w) / scale, 4.0)
+    n_blobs = int(rng.integers(round(3 * aspect), round(8 * aspect) + 1))
+    n_lines = int(rng.integers(round(2 * aspect), round(6 * aspect) + 1))
+    n = n_blobs + n_lines
+    p = rng.uniform(size=(7, n)).astype(np.float32)
+    colours = rng.uniform(0.0, 255.0, (n, 3)).astype(np.float32)
+    # Pixel centres relative to each blob centre or line start: (K, H, 1) and (K, 1, W).
+    dy = np.arange(h, dtype=np.float32)[None, :, None] + (0.5 - h * p[0])[:, None, None]
+    dx = np.arange(w, dtype=np.float32)[None, None, :] + (0.5 - w * p[1])[:, None, None]
+    c, s = _cos_sin(2.0 * math.pi * p[2])
+    amax = (0.12 + 0.23 * p[3])[:n_blobs, None, None], (0.15 + 0.25 * p[3])[n_blobs:, None, None]
+
+    # Soft blobs: ellipses with quadratic fall-off; u^2 + v^2 as a quadratic form in (dx, dy).
+    ra = scale * (0.05 + 0.17 * p[4, :n_blobs])
+    rb = ra * (0.4 + 0.6 * p[5, :n_blobs])
+    cb, sb = c[:n_blobs], s[:n_blobs]
+    qa, qb = 1.0 / (ra * ra), 1.0 / (rb * rb)
+    kxx = (cb * cb * qa + sb * sb * qb)[:, None, None]
+    kyy = (sb * sb * qa + cb * cb * qb)[:, None, None]
+    kxy = (2.0 * cb * sb * (qa - qb))[:, None, None]
+    bx, by = dx[:n_blobs], dy[:n_blobs]
+    q = (kxx * bx) * bx + (kyy * by) * by + (kxy * bx) * by
+    blobs = np.minimum(np.maximum(1.0 - q, 0.0), 1.0) * amax[0]
+
+    # Thin line segments: distance to the segment from its start along (ex, ey).
+    length = scale * (0.15 + 0.45 * p[4, n_blobs:])
+    ex, ey = (length * c[n_blobs:])[:, None, None], (length * s[n_blobs:])[:, None, None]
+    inv_len2 = (1.0 / (length * length))[:, None, None]
+    lx, ly = dx[n_blobs:], dy[n_blobs:]
+    along = lx * (ex * inv_len2) + ly * (ey * inv_len2)  # position along the line, 1 at its end
+    tt = np.minimum(np.maximum(along, 0.0), 1.0)
+    # |p - tt e|^2 = |p|^2 + tt (tt - 2 along) |e|^2, with p the pixel relative to the start.
+    dist2 = (lx * lx + ly * ly) + tt * (tt - 2.0 * along) * (length * length)[:, None, None]
+    dist = np.sqrt(np.maximum(dist2, 0.0))
+    width = (1.1 + 1.2 * p[5, n_blobs:])[:, None, None]  # half-width 0.6..1.8 px plus 0.5
+    lines = np.minimum(np.maximum(width - dist, 0.0), 1.0) * amax[1]
+    _composite(img, np.concatenate([blobs, lines]), colours)
+    return img
+
+
+def _contrast_colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Two random colours that differ clearly in RGB and in luminance.
+
+    The luminance gap keeps the texture visible in the gray (``channels=1``) rendering.
+    """
+    candidates = rng.uniform(0.0, 255.0, (8, 6))
+    for r1, g1, b1, r2, g2, b2 in candidates.tolist():  # the first good pair; almost always one of 8
+        dr, dg, db = r1 - r2, g1 - g2, b1 - b2
+        if dr * dr + dg * dg + db * db >= 110.0**2 and abs(0.299 * dr + 0.587 * dg + 0.114 * db) >= 60.0:
+            break
+    return np.array([r1, g1, b1], np.float32), np.array([r2, g2, b2], np.float32)
+
+
+def _classification_image(seed: int, index: int, label: int, h: int, w: int, num_classes: int) -> np.ndarray:
+    """RGB uint8 (H, W, 3): a large object of class ``label`` plus smaller distractors in clutter."""
+    rng = np.random.default_rng([int(seed), int(index), _CLASSIFICATION_STREAM])
+    scale = min(h, w)
+    aspect = min(max(h, w) / scale, 4.0)
+    img = _clutter_background(rng, h, w)
+
+    # Distractors use the (shape, texture) pairs of no class, near misses favoured.
+    pairs, cdf = _distractor_cdf(num_classes)
+    n_dis = int(rng.integers(round(1 * aspect), round(3 * aspect) + 1))
+    picks = np.minimum(np.searchsorted(cdf, rng.uniform(size=n_dis), side="right"), len(pairs) - 1)
+    r_main = scale * rng.uniform(*_MAIN_RADIUS_RANGE)
+    placed = [(rng.uniform(0.35, 0.65) * h, rng.uniform(0.35, 0.65) * w, r_main)]
+    radii = scale * rng.uniform(*_DISTRACTOR_RADIUS_RANGE, n_dis)
+    candidates = rng.uniform(0.05, 0.95, (n_dis, 12, 2)) * (h, w)
+    behind, in_front = [], []
+    for k in range(n_dis):
+        r = float(radii[k])
+        # The first candidate centre clear of the objects so far keeps the main object mostly visible.
+        for cy, cx in candidates[k].tolist():
+            if all(math.hypot(cy - py, cx - px) >= 0.75 * (r + pr) for py, px, pr in placed):
+                break
+        placed.append((cy, cx, r))
+        (in_front if rng.uniform() < 0.5 else behind).append((*pairs[picks[k]], cy, cx, r))
+    main = (*_CLASS_TABLE[label], *placed[0])
+    for shape, texture, cy, cx, r in [*behind, main, *in_front]:
+        params, extent = _shape_params(shape, r, rng)
+        _draw_object(img, None, 0, shape, texture, cy, cx, r, params, extent, rng, _contrast_colours(rng))
+
+    img += rng.uniform(4.0, 12.0) * rng.standard_normal((3, h, w), dtype=np.float32)
+    np.clip(img, 0.0, 255.0, out=img)
+    return np.rint(img, out=img).astype(np.uint8).transpose(1, 2, 0)
+
+
+def make_classification_arrays(
+    seed: int,
+    start: int,
+    count: int,
+    *,
+    size: int | tuple[int, int],
+    num_classes: int,
+    channels: int = 3,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Classification examples ``start .. start+count-1`` of the data set ``seed``.
+
+    Returns images uint8 (N, H, W, channels) and labels int32 (N,).  Example ``i`` shows one
+    large object of class ``i % num_classes`` (exactly balanced over any ``num_classes``
+    consecutive indices; class ``c`` is the ``c``-th (shape, texture) pair, see
+    ``classification_class_names``) at a random place, rotation, size, colour and texture
+    phase, over clutter and 1 to 3 smaller distractors whose (shape, texture) pair is no class.
+    The pixels depend only on ``(seed, index)``.  ``channels=1`` is the rounded luminance
+    (ITU-R 601 weights) of the RGB rendering.
+    """
+    _check_classification_classes(num_classes)
+    h, w = _parse_classification_size(size)
+    if channels not in (1, 3):
+        raise ValueError(f"channels={channels}: the synthetic classification set has 1 (gray) or 3 (RGB) channels.")
+    labels = ((start + np.arange(count)) % num_classes).astype(np.int32)
+    images = np.empty((count, h, w, 3), np.uint8)
+    for j, label in enumerate(labels):
+        images[j] = _classification_image(seed, start + j, int(label), h, w, num_classes)
+    if channels == 1:
+        rgb = images.astype(np.uint32)
+        luma = (299 * rgb[..., 0] + 587 * rgb[..., 1] + 114 * rgb[..., 2] + 500) // 1000
+        images = luma.astype(np.uint8)[..., None]
+    return images, labels
+
+
+def _parse_classification_size(size: int | tuple[int, int]) -> tuple[int, int]:
+    if isinstance(size, (int, np.integer)):
+        h = w = int(size)
+    else:
+        h, w = (int(s) for s in size)
+    if min(h, w) < _CLASSIFICATION_MIN_SIZE:
+        raise ValueError(
+            f"size={size}: synthetic classification images need at least {_CLASSIFICATION_MIN_SIZE} pixels "
+            "per side; set config.data.image_size to 8 or more."
+        )
+    return h, w

@@ -1,0 +1,55 @@
+r"""S2 part 1: Fashion-MNIST merged into 3 classes, a small Keras-style CNN.
+
+Upper body = {T-shirt/top, Pullover, Dress, Coat, Shirt}, lower body = {Trouser}, shoes =
+{Sandal, Sneaker, Ankle boot}; Bag is dropped, leaving 63,000 images, pooled and split
+70% train / 15% test / 15% validation (stratified, seeded). The minority classes of the
+training split are topped up with flipped and rotated copies of their own images.
+
+The real data, offline, from Debian (`apt-get install dataset-fashion-mnist`):
+
+  python launch.py --mode=data --config=configs/fashion3_cnn.py   # counts and sample grids
+  python launch.py --config=configs/fashion3_cnn.py
+
+Elsewhere point `--config.data.path` at a folder of the four `*-idx?-ubyte.gz` files.
+Variants: `:synthetic` (the built-in offline classification set, 10 classes merged the
+same way; no files needed), `:smoke` (tiny synthetic, seconds; for tests).
+"""
+
+import ml_collections
+
+from labjax.config import base_config
+
+FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """Returns the S2 config; `arg` is None, 'synthetic' or 'smoke'."""
+    config = base_config("classification")
+    data = config.data
+    data.source = "idx"
+    data.path = FASHION_MNIST
+    data.merge = "upper=0,2,3,4,6;lower=1;shoes=5,7,9"  # ids of T-shirt/top, Pullover, ...; Bag (8) dropped
+    data.split_fractions = "train=0.7,test=0.15,validation=0.15"
+    data.balance = "oversample"
+    data.copy_augment = "flip_lr|rotate(0.05)"  # how the minority classes' copies differ from their originals
+    data.normalize = "zero_one"  # pixels / 255, as the Keras study did
+
+    config.model.name = "small_cnn"
+    config.model.dropout = 0.2
+    config.optimizer.name = "adam"
+    config.optimizer.learning_rate = 1e-3
+    config.batch_size = 32
+    config.eval_batch_size = 256
+    config.num_epochs = 10
+    config.log_every_steps = 200
+
+    if arg in ("synthetic", "smoke"):
+        data.source, data.path = "synthetic", ""
+        data.num_classes, data.image_size, data.channels = 10, 28, 1
+        data.train_size, data.val_size = (6000, 1000) if arg == "synthetic" else (200, 60)
+    if arg == "smoke":
+        config.batch_size, config.eval_batch_size = 16, 32
+        config.num_epochs, config.log_every_steps = 2, 5
+    elif arg not in (None, "synthetic"):
+        raise ValueError(f"configs/fashion3_cnn.py: unknown argument {arg!r}; choose synthetic or smoke.")
+    return config

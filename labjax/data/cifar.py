@@ -1,0 +1,143 @@
+"""CIFAR source: the python pickle folders cifar-10-batches-py and cifar-100-python, read into memory.
+
+Unpickling can run any code a file names, so the files are read by an unpickler that builds
+only dicts, lists, strings, numbers and NumPy arrays and refuses every other global.
+"""
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+from labjax.data.examples import Examples
+
+CIFAR10_FILES = ["batches.meta", *(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]
+CIFAR100_FILES = ["meta", "train", "test"]
+FOLDERS = {"cifar-10-batches-py": CIFAR10_FILES, "cifar-100-python": CIFAR100_FILES}
+
+
+def _latin1_bytes(text: str, encoding: str) -> bytes:
+    """What `_codecs.encode` does in Python 3 pickles of bytes (protocol 2), for the latin1 codec only."""
+    if not isinstance(text, str) or encoding != "latin1":
+        raise pickle.UnpicklingError(f"refused _codecs.encode with the codec {encoding!r}")
+    return text.encode("latin1")
+
+
+_RECONSTRUCT = np.zeros(0).__reduce__()[0]  # numpy's array unpickling helper, whatever its module
+_ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,  # files written by NumPy < 2 (the real ones)
+    ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): _latin1_bytes,
+}
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Builds plain containers and NumPy arrays; any other class or function in the file is refused."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in _ALLOWED:
+            return _ALLOWED[(module, name)]
+        raise pickle.UnpicklingError(f"refused to load the global {module}.{name}")
+
+
+def read_pickle(path: Path) -> dict:
+    """One CIFAR pickle as a dict with str keys; a file that needs anything but arrays and containers is refused."""
+    try:
+        with open(path, "rb") as file:
+            content = _SafeUnpickler(file, encoding="bytes").load()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file; the CIFAR folder is incomplete, download it again.") from None
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            f"{path}: not a CIFAR data file ({error}); CIFAR files hold only arrays, lists and strings, so this "
+            "file was not loaded. Download the data again from its official site."
+        ) from None
+    except Exception as error:  # a corrupt pickle raises many kinds of errors
+        raise ValueError(f"{path}: corrupt or truncated pickle ({type(error).__name__}: {error}).") from None
+    if not isinstance(content, dict):
+        raise ValueError(f"{path}: expected a dict, found {type(content).__name__}; not a CIFAR file.")
+    return {key.decode() if isinstance(key, bytes) else key: value for key, value in content.items()}
+
+
+def _field(content: dict, key: str, path: Path):
+    if key not in content:
+        raise ValueError(f"{path}: no {key!r} entry (it has {sorted(content)}); not a CIFAR file of this kind.")
+    return content[key]
+
+
+def _names(content: dict, key: str, path: Path) -> list[str]:
+    return [name.decode() if isinstance(name, bytes) else str(name) for name in _field(content, key, path)]
+
+
+def _batch(path: Path, label_key: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N,32,32,3) uint8 from the rows of R, G, B planes, and int32 labels of one batch file."""
+    content = read_pickle(path)
+    data = np.asarray(_field(content, "data", path))
+    labels = np.asarray(_field(content, label_key, path))
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise ValueError(f"{path}: 'data' is {data.dtype} {data.shape}, not uint8 (N, 3072).")
+    if labels.shape != (len(data),) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{path}: {labels.shape} {labels.dtype} {label_key!r} for {len(data)} images.")
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"{path}: labels outside 0..{num_classes - 1}.")
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy(), labels.astype(np.int32)
+
+
+def _find_folder(root: Path) -> Path:
+    """`root` itself when it holds CIFAR files, else its one cifar-10-batches-py or cifar-100-python child."""
+    if (root / "batches.meta").is_file() or (root / "meta").is_file():
+        return root
+    found = [root / name for name in FOLDERS if (root / name).is_dir()]
+    if len(found) > 1:
+        raise ValueError(
+            f"config.data.path={str(root)!r} holds both {found[0].name} and {found[1].name}; point it at one of them."
+        )
+    if not found:
+        raise FileNotFoundError(
+            f"config.data.path={str(root)!r} holds neither a CIFAR-10 folder cifar-10-batches-py "
+            f"({', '.join(CIFAR10_FILES)}) nor a CIFAR-100 folder cifar-100-python ({', '.join(CIFAR100_FILES)})."
+        )
+    return found[0]
+
+
+def _rename(class_names: list[str], data) -> list[str]:
+    """config.data.class_names, when set, renames the classes (same count, same order)."""
+    if not data.class_names:
+        return class_names
+    names = [name.strip() for name in data.class_names.split(",")]
+    if len(names) != len(class_names):
+        raise ValueError(
+            f"config.data.class_names gives {len(names)} names for the {len(class_names)} classes of the data; "
+            "give one name per class in label order, or leave it empty."
+        )
+    return names
+
+
+def load(data) -> dict[str, Examples]:
+    """{"train", "test"} of CIFAR-10 or CIFAR-100 (fine or coarse labels per config.data.label_mode)."""
+    root = Path(data.path).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"config.data.path={data.path!r}: no such folder; point it at the CIFAR folder.")
+    folder = _find_folder(root)
+    if (folder / "batches.meta").is_file():
+        names_key, label_key = "label_names", "labels"
+        meta, train_files, test_file = "batches.meta", CIFAR10_FILES[1:6], "test_batch"
+    else:
+        if data.label_mode not in ("fine", "coarse"):
+            raise ValueError(f"config.data.label_mode={data.label_mode!r} is unknown; valid: 'fine', 'coarse'.")
+        names_key, label_key = f"{data.label_mode}_label_names", f"{data.label_mode}_labels"
+        meta, train_files, test_file = "meta", ["train"], "test"
+    class_names = _names(read_pickle(folder / meta), names_key, folder / meta)
+    train = [_batch(folder / name, label_key, len(class_names)) for name in train_files]
+    test_images, test_labels = _batch(folder / test_file, label_key, len(class_names))
+    class_names = _rename(class_names, data)
+    return {
+        "train": Examples(
+            labels=np.concatenate([labels for _, labels in train]),
+            class_names=class_names,
+            images=np.concatenate([images for images, _ in train]),
+        ),
+        "test": Examples(labels=test_labels, class_names=list(class_names), images=test_images),
+    }
