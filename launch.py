@@ -2,7 +2,7 @@
 
 python launch.py --config=configs/seg_mobilenet.py[:ARG] [--config.KEY=VALUE ...] [--workdir=DIR]
 python launch.py --mode=eval --workdir=DIR [--checkpoint=latest|best|STEP] [--split=NAME]
-python launch.py --mode=data --config=configs/NAME.py[:ARG] [--config.KEY=VALUE ...] [--workdir=DIR]
+python launch.py --mode=data|summary --config=configs/NAME.py[:ARG] [--config.KEY=VALUE ...] [--workdir=DIR]
 """
 
 from absl import app, flags
@@ -12,7 +12,12 @@ from labjax import cli
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/seg_mobilenet.py:smoke.", lock_config=True)
-flags.DEFINE_enum("mode", "train", ["train", "eval", "data"], "train, eval a checkpoint, or data: inspect the input.")
+flags.DEFINE_enum(
+    "mode",
+    "train",
+    ["train", "eval", "data", "summary"],
+    "train | eval a checkpoint | data: inspect the input | summary: the model's parameters, FLOPs and memory.",
+)
 flags.DEFINE_string("workdir", None, "Run folder; default runs/<config name>[_<arg>].")
 flags.DEFINE_bool("overwrite", False, "Delete the run already in --workdir and train anew.")
 flags.DEFINE_string("checkpoint", "latest", "eval: latest, best or a step number.")

@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 
@@ -101,6 +102,13 @@ class Checkpoints:
         result = {name: restored[name] if name in present else getattr(target, name) for name in items}
         return {**result, "metadata": restored["metadata"]}
 
+    def restore_arrays(self, step: int, items=("params", "batch_stats")) -> dict:
+        """The named items as saved (host numpy trees), with no target: for another run's weights."""
+        saved = [name for name in items if (self.directory / str(step) / name).exists()]
+        args = {name: ocp.args.StandardRestore() for name in saved}
+        restored = self.manager.restore(step, args=ocp.args.Composite(**args))
+        return {name: jax.tree.map(np.asarray, restored[name]) if name in saved else {} for name in items}
+
     def close(self) -> None:
         self.manager.close()
 
@@ -126,6 +134,33 @@ def resolve_step(checkpoints: Checkpoints, which: str) -> int:
     if which.isdigit() and int(which) in steps:
         return int(which)
     raise ValueError(f"--checkpoint={which!r} not found in {checkpoints.directory}; available: latest, best, {steps}.")
+
+
+def resolve_init_from(path: str) -> tuple["Checkpoints", int]:
+    """init_from: a run's workdir (its best checkpoint, else its latest) or WORKDIR/checkpoints/STEP."""
+    location = Path(path).expanduser()
+    if location.parent.name == "checkpoints" and location.name.isdigit():
+        checkpoints = Checkpoints(location.parent.parent, read_only=True)
+        which = location.name
+    else:
+        if not (location / "checkpoints").is_dir():
+            raise FileNotFoundError(
+                f"config.model.init_from={path!r}: no labjax run there (no checkpoints folder); give a run's workdir "
+                "or WORKDIR/checkpoints/STEP."
+            )
+        config = json.loads((location / "config.json").read_text()) if (location / "config.json").exists() else {}
+        checkpoints = Checkpoints(location, _Best(config.get("checkpoint", {})), read_only=True)
+        which = "best"
+    return checkpoints, resolve_step(checkpoints, which)
+
+
+class _Best:
+    """The checkpoint section of a saved config.json, as Checkpoints reads it."""
+
+    def __init__(self, values: dict):
+        self.best_metric = values.get("best_metric", "")
+        self.best_mode = values.get("best_mode", "max")
+        self.keep = values.get("keep", 1)
 
 
 def write_json(path: Path, value: dict) -> None:

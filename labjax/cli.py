@@ -67,7 +67,7 @@ def enable_compilation_cache() -> None:
 def run(flags) -> None:
     from absl import logging
 
-    from labjax import data_check, evaluate, train  # heavy imports after flag parsing
+    from labjax import data_check, evaluate, summary, train  # heavy imports after flag parsing
 
     if not flags["verbosity"].present:  # Orbax logs every file it writes at INFO
         logging.set_verbosity(logging.WARNING)
@@ -79,7 +79,7 @@ def run(flags) -> None:
                 config.keys()  # a config file that failed to load raises here
         except OSError as error:  # the config file could not be loaded
             raise FileNotFoundError(" ".join(str(error).split())) from None
-        if flags.mode in ("train", "data"):
+        if flags.mode in ("train", "data", "summary"):
             if config is None:
                 raise config_lib.ConfigError(
                     f"--config is required with --mode={flags.mode}, e.g. --config=configs/seg_mobilenet.py"
@@ -87,6 +87,8 @@ def run(flags) -> None:
             workdir = Path(flags.workdir) if flags.workdir else default_workdir(flags["config"].config_filename)
             if flags.mode == "data":
                 data_check.check_data(config, workdir)
+            elif flags.mode == "summary":
+                summary.summarize(config, workdir)
             else:
                 train.train_and_evaluate(config, workdir, overwrite=flags.overwrite)
         elif flags.mode == "eval":

@@ -75,13 +75,25 @@ def base_config(task: str) -> ml_collections.ConfigDict:
     # per-example ops, written "op|op(arg, key=value)"; see labjax/data/augment.py
     data.preprocess = ""  # every split: resize, crops, channels
     data.augment = ""  # train only: flips, rotations, colour, erasing, randaugment ...
-    data.normalize = "minus_one_one"  # none | zero_one | minus_one_one | imagenet | mean_std | caffe | torch | tf
+    # model (what the model's pretrained weights expect) | none | zero_one | minus_one_one | imagenet | mean_std |
+    # caffe | torch | tf
+    data.normalize = "model"
     data.mixup = 0.0  # Beta(alpha) of mixup (classification; 0: off)
     data.cutmix = 0.0  # Beta(alpha) of cutmix
 
-    config.model = ml_collections.ConfigDict()
-    config.model.name = ""
-    config.model.dropout = 0.0
+    config.model = model = ml_collections.ConfigDict()
+    model.name = ""
+    model.dropout = 0.0  # the head's dropout (or the model's own, for small nets)
+    model.head = "new"  # new: global pooling -> dropout -> dense; original: the Keras model's own top
+    model.pooling = "avg"  # avg | max (new head)
+    model.pretrained = "none"  # none | imagenet (Keras' file, downloaded once) | PATH to a Keras .h5 file
+    model.freeze = "none"  # none | backbone | fraction:F (all but the last F of the backbone) | regex:A,B
+    model.init_from = ""  # another run's workdir (or WORKDIR/checkpoints/STEP) to start from
+    model.init_head = True  # take the head from init_from too (false: a new head, e.g. other classes)
+    model.alpha = 1.0  # MobileNetV2 width
+    model.small_inputs = False  # ResNets: 3x3 stride-1 stem and no max-pool, for 32-64 px images
+    model.bn_momentum = 0.99  # BatchNorm running-average momentum (Keras' default)
+    model.layers = ""  # spec_cnn: "conv(32,3,relu)|maxpool(2)|...|dense(classes)"
 
     config.optimizer = opt = ml_collections.ConfigDict()
     opt.name = "adam"  # sgd | adam | adamax
@@ -108,15 +120,16 @@ def base_config(task: str) -> ml_collections.ConfigDict:
 
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
     """Raises ConfigError naming the key, its value and the valid choices."""
-    from labjax.models import IMAGE_SIZE_RULES, MODELS  # models and data do not import config
+    from labjax.models import MODELS, input_rule  # models and data do not import config
 
     num_devices = num_devices or jax.device_count()
     _check(config.task in TASKS, "task", config.task, f"one of {TASKS}")
     data, opt, model = config.data, config.optimizer, config.model
     _validate_data(data, config.task)
     _check(model.name in MODELS, "model.name", model.name, f"one of {sorted(MODELS)}")
+    _validate_model(model, MODELS[model.name])
     if data.image_size and not data.preprocess:
-        smallest, divisor = IMAGE_SIZE_RULES[model.name]
+        smallest, divisor = input_rule(model)
         _check(
             data.image_size >= smallest and data.image_size % divisor == 0,
             "data.image_size",
@@ -150,6 +163,50 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     )
 
 
+def _validate_model(model: ml_collections.ConfigDict, info) -> None:
+    """Head, pooling, pretrained weights, freezing and init_from; files are checked to exist."""
+    from pathlib import Path
+
+    _check(model.head in ("new", "original"), "model.head", model.head, "'new' or 'original'")
+    _check(model.pooling in ("avg", "max"), "model.pooling", model.pooling, "'avg' or 'max'")
+    if model.head == "original" or model.pretrained != "none" or model.freeze != "none":
+        _check(
+            info.keras_family,
+            "model.name",
+            model.name,
+            "a Keras family (vgg16, resnet50, ...) for head/pretrained/freeze",
+        )
+    if model.pretrained not in ("none", "imagenet"):
+        _check(
+            Path(model.pretrained).expanduser().is_file(),
+            "model.pretrained",
+            model.pretrained,
+            "none, imagenet, or the path of an existing Keras .h5 weights file",
+        )
+    kind, _, value = model.freeze.partition(":")
+    if kind == "fraction":
+        try:
+            fraction = float(value)
+        except ValueError:
+            fraction = -1.0
+        _check(0 <= fraction <= 1, "model.freeze", model.freeze, "fraction:F with F in [0, 1] (the trainable share)")
+    else:
+        _check(
+            model.freeze in ("none", "backbone") or kind == "regex",
+            "model.freeze",
+            model.freeze,
+            "none, backbone, fraction:F or regex:PATTERN,PATTERN",
+        )
+    if model.init_from:
+        _check(
+            Path(model.init_from).expanduser().exists(),
+            "model.init_from",
+            model.init_from,
+            "the workdir of an earlier run (or WORKDIR/checkpoints/STEP)",
+        )
+        _check(model.pretrained == "none", "model.pretrained", model.pretrained, "none when init_from is set")
+
+
 def _validate_data(data: ml_collections.ConfigDict, task: str) -> None:
     """Checks of config.data that need no files; the sources check what they read."""
     from labjax.data import augment, pipeline
@@ -175,9 +232,8 @@ def _validate_data(data: ml_collections.ConfigDict, task: str) -> None:
     _check(data.folds == 0 or data.folds >= 2, "data.folds", data.folds, "0 (no folds) or k >= 2")
     if data.folds:
         _check(0 <= data.fold < data.folds, "data.fold", data.fold, f"a fold index in [0, {data.folds})")
-    _check(
-        data.normalize in augment.NORMALIZE_MODES, "data.normalize", data.normalize, f"one of {augment.NORMALIZE_MODES}"
-    )
+    modes = ("model", *augment.NORMALIZE_MODES)
+    _check(data.normalize in modes, "data.normalize", data.normalize, f"one of {modes}")
     for key in ("preprocess", "augment", "copy_augment"):
         augment.parse(data[key], f"data.{key}")
     for key in ("mixup", "cutmix"):

@@ -11,7 +11,7 @@ import numpy as np
 
 from labjax import checkpoints as ckpt
 from labjax import config as config_lib
-from labjax import plots
+from labjax import models, plots
 from labjax.data import pipeline
 
 NUM_SAMPLES = 32
@@ -29,7 +29,7 @@ def _table(class_names: list[str], columns: dict[str, list[int]]) -> str:
 def check_data(config, workdir: str | Path) -> dict:
     """Writes WORKDIR/data/{stats.json, samples_<split>.png}; returns the stats."""
     config_lib.validate(config)
-    data = pipeline.load(config)
+    data = pipeline.load(config, models.model_info(config.model.name).preprocessing)
     out = Path(workdir) / "data"
     out.mkdir(parents=True, exist_ok=True)
     train = data.splits["train"]
@@ -69,7 +69,7 @@ def check_data(config, workdir: str | Path) -> dict:
     print(
         f"{config.data.source} data, {stats['unit']} per class:\n{_table(data.class_names, columns)}\n"
         f"input {'x'.join(map(str, data.input_shape))}, training values in [{low:.3f}, {high:.3f}] "
-        f"after '{config.data.normalize}' normalisation; samples and stats.json in {out}",
+        f"after '{data.normalize}' normalisation; samples and stats.json in {out}",
         flush=True,
     )
     return stats

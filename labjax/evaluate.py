@@ -11,9 +11,8 @@ import jax
 
 from labjax import checkpoints as ckpt
 from labjax import config as config_lib
-from labjax import parallel, plots, tasks, train
+from labjax import models, parallel, plots, tasks, train
 from labjax.data import pipeline
-from labjax.models import create_model
 
 NUM_SAMPLES = 6
 
@@ -29,7 +28,7 @@ def evaluate(workdir: str | Path, checkpoint: str = "latest", split: str = "vali
     """Writes WORKDIR/eval/<step>_<split>.json (and a sample PNG for segmentation)."""
     workdir = Path(workdir)
     config = load_run_config(workdir)
-    data = pipeline.load(config)
+    data = pipeline.load(config, models.model_info(config.model.name).preprocessing)
     if split not in data.splits:
         raise ValueError(f"--split={split!r} is unknown; available: {sorted(data.splits)}.")
     checkpoints = ckpt.Checkpoints(workdir, config.checkpoint, read_only=True)
@@ -39,7 +38,7 @@ def evaluate(workdir: str | Path, checkpoint: str = "latest", split: str = "vali
     if eval_batch % jax.device_count():  # trained on more devices than are here
         eval_batch = jax.device_count() * -(-eval_batch // jax.device_count())
     config.eval_batch_size = eval_batch
-    model = create_model(config.model, data.num_classes)
+    model = models.create_model(config.model, data.num_classes)
     state = train.create_train_state(config, model, mesh, data.input_shape)
     restored = checkpoints.restore(step, state, items=("params", "batch_stats"))
     checkpoints.close()

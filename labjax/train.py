@@ -22,9 +22,9 @@ from flax.training import train_state
 
 from labjax import checkpoints as ckpt
 from labjax import config as config_lib
-from labjax import optim, parallel, plots, tasks, writers
+from labjax import models, optim, parallel, plots, tasks, writers
 from labjax.data import pipeline
-from labjax.models import create_model
+from labjax.weights import pretrained
 
 OWN_FILES = ("checkpoints", "tensorboard", "plots", "eval", "data", "metrics.jsonl", "status.json", "config.json")
 
@@ -42,9 +42,9 @@ class TrainingInterrupted(RuntimeError):
     """SIGINT/SIGTERM (or a test's stop_after_step): a checkpoint was saved first."""
 
 
-def create_train_state(config, model, mesh, image_shape: tuple[int, ...]) -> TrainState:
-    """Initialises parameters and optimizer state, replicated over the mesh."""
-    tx = optim.create_optimizer(config)
+def create_train_state(config, model, mesh, image_shape: tuple[int, ...], frozen=frozenset()) -> TrainState:
+    """Initialises parameters and optimizer state, replicated over the mesh; `frozen` modules get no updates."""
+    tx = optim.create_optimizer(config, frozen)
 
     def init() -> TrainState:
         key = jax.random.key(config.seed)
@@ -141,9 +141,7 @@ def evaluate_split(eval_step, variables, data, split: str, config, mesh, keep_pr
 
 def check_input_fits_model(config, input_shape: tuple[int, int, int]) -> None:
     """The model's smallest input and size divisor, checked on the real input after preprocessing."""
-    from labjax.models import IMAGE_SIZE_RULES
-
-    smallest, divisor = IMAGE_SIZE_RULES[config.model.name]
+    smallest, divisor = models.input_rule(config.model)
     height, width = input_shape[:2]
     if min(height, width) < smallest or height % divisor or width % divisor:
         raise config_lib.ConfigError(
@@ -201,12 +199,13 @@ class _StopRequests:
             signal.signal(sig, handler)
 
 
-def prepare_workdir(config, workdir: Path, overwrite: bool) -> None:
-    """Creates the workdir; refuses to mix two different runs in one (lists differing keys)."""
+def check_workdir(config, workdir: Path, overwrite: bool) -> bool:
+    """Whether the workdir holds checkpoints to resume; refuses a different run in it (lists differing keys).
+
+    Reads only: nothing is written or deleted until the run is known to start (claim_workdir).
+    """
     if overwrite:
-        for name in OWN_FILES:
-            path = workdir / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        return False
     saved_path = workdir / "config.json"
     saved = json.loads(saved_path.read_text()) if saved_path.exists() else _config_in_checkpoints(workdir)
     if saved is not None:
@@ -217,9 +216,19 @@ def prepare_workdir(config, workdir: Path, overwrite: bool) -> None:
                 + "\n  ".join(differing)
                 + "\nUse a new --workdir, or --overwrite to delete that run and start again."
             )
+    checkpoints = workdir / "checkpoints"
+    return checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())
+
+
+def claim_workdir(config, workdir: Path, overwrite: bool) -> None:
+    """Creates the workdir (deleting the old run's files with --overwrite) and writes config.json."""
+    if overwrite:
+        for name in OWN_FILES:
+            path = workdir / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     workdir.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
-        ckpt.write_json(saved_path, config_lib.to_dict(config))
+        ckpt.write_json(workdir / "config.json", config_lib.to_dict(config))
 
 
 def _config_in_checkpoints(workdir: Path) -> dict | None:
@@ -250,14 +259,18 @@ def train_and_evaluate(
     `stop_after_step` behaves like a SIGTERM after that step (tests use it to interrupt).
     """
     config_lib.validate(config)
-    data = pipeline.load(config)  # bad data fails here, before the workdir is touched
+    info = models.model_info(config.model.name)
+    data = pipeline.load(config, info.preprocessing)  # bad data fails here, before the workdir is touched
     check_input_fits_model(config, data.input_shape)
     workdir = Path(workdir)
-    prepare_workdir(config, workdir, overwrite)
+    resuming = check_workdir(config, workdir, overwrite)
     mesh = parallel.make_mesh()
     num_classes = data.num_classes
-    model = create_model(config.model, num_classes)
-    state = create_train_state(config, model, mesh, data.input_shape)
+    model, frozen = models.build(config.model, num_classes, data.input_shape)
+    state = create_train_state(config, model, mesh, data.input_shape, frozen)
+    if not resuming:  # a missing or mismatched weights file fails here, before anything is written
+        state = _starting_weights(config, info, model, state, mesh, data.input_shape)
+    claim_workdir(config, workdir, overwrite)
 
     checkpoints = ckpt.Checkpoints(workdir, config.checkpoint)
     steps_per_epoch = pipeline.steps_per_epoch(data, config.batch_size)
@@ -281,9 +294,13 @@ def train_and_evaluate(
         return _final_summary(workdir)
 
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
+    num_frozen = sum(
+        x.size for path, x in jax.tree_util.tree_flatten_with_path(state.params)[0] if _module(path) in frozen
+    )
     print(parameter_overview.get_parameter_overview(state.params), flush=True)
     print(
-        f"{config.model.name}: {num_params:,} parameters; {data.num_train()} train / "
+        f"{config.model.name}: {num_params:,} parameters ({num_params - num_frozen:,} trainable); "
+        f"{data.num_train()} train / "
         f"{len(data.splits['validation'])} validation examples of {num_classes} classes, input "
         f"{'x'.join(map(str, data.input_shape))}; {steps_per_epoch} steps/epoch on {jax.device_count()} device(s).",
         flush=True,
@@ -369,6 +386,30 @@ def train_and_evaluate(
     )
     print(f"Finished in {_format_time(train_time)} of training; workdir {workdir}.", flush=True)
     return summary
+
+
+def _module(path) -> tuple[str, ...]:
+    return tuple(p.key for p in path[:-1])
+
+
+def _starting_weights(config, info, model, state: TrainState, mesh, input_shape) -> TrainState:
+    """A new run starts from model.init_from (another run), else model.pretrained (Keras), else scratch."""
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    host = jax.device_get(variables)
+    if config.model.init_from:
+        checkpoints, step = ckpt.resolve_init_from(config.model.init_from)
+        restored = checkpoints.restore_arrays(step)
+        checkpoints.close()
+        head = models.module_order(model, input_shape, ("params",))[-1]  # the output layer
+        host = pretrained.merge_from_run(host, restored, head, config.model.init_head, config.model.init_from)
+        print(f"Starting from {config.model.init_from} (step {step}).", flush=True)
+    elif config.model.pretrained != "none":
+        host = pretrained.from_keras(config.model, info, host, input_shape[0])
+        print(f"Starting from the Keras weights {config.model.pretrained}.", flush=True)
+    else:
+        return state
+    placed = jax.device_put(host, parallel.replicated(mesh))
+    return state.replace(params=placed["params"], batch_stats=placed["batch_stats"])
 
 
 def _check_finite(loss: float, step: int, workdir: Path) -> None:

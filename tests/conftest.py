@@ -5,7 +5,12 @@ import sys
 from pathlib import Path
 
 NUM_DEVICES = 4
-os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={NUM_DEVICES}"
+# Tests run tiny shapes, where compiling dominates: XLA's backend optimisation off compiles several
+# times faster (numerics stay IEEE; benchmarks, not tests, measure speed).
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "")
+    + f" --xla_force_host_platform_device_count={NUM_DEVICES} --xla_backend_optimization_level=0"
+)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # labjax, configs and benchmarks importable from the tests

@@ -57,3 +57,25 @@ def test_unet_logits_at_input_resolution_and_small_cnn_shapes():
         lambda: SmallCNN(3).init_with_output(jax.random.key(0), jnp.zeros((2, 28, 28, 1)), train=False)
     )[0]
     assert out.shape == (2, 3)
+
+
+def test_resnet50_unet_taps_the_keras_stage_outputs_and_predicts_at_input_resolution():
+    from labjax.models import resnet
+
+    encoder = resnet.ResNet(return_endpoints=True)
+    shapes = jax.eval_shape(
+        lambda: encoder.init_with_output(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False)[0]
+    )
+    sides = {name: shapes[name].shape[1] for name in unet.RESNET50_SKIPS}
+    assert sides == {
+        "conv1_relu": 32,
+        "conv2_block3_out": 16,
+        "conv3_block4_out": 8,
+        "conv4_block6_out": 4,
+        "conv5_block3_out": 2,
+    }
+    model = unet.ResNet50UNet(5)
+    logits = jax.eval_shape(
+        lambda: model.init_with_output(jax.random.key(0), jnp.zeros((2, 64, 64, 3)), train=False)[0]
+    )
+    assert logits.shape == (2, 64, 64, 5)

@@ -36,6 +36,7 @@ class Data:
     context: augment.Context
     copies: np.ndarray  # train indices added again as augmented copies (balancing, copy_fraction)
     class_weights: np.ndarray | None  # per-class loss weights (balance=weights)
+    normalize: str = "minus_one_one"  # data.normalize, with "model" resolved to the model's own mode
     input_shape: tuple[int, int, int] = (0, 0, 0)  # one example after preprocessing (H, W, C)
 
     @property
@@ -120,9 +121,14 @@ def _native_channels(examples: Examples) -> int:
     return decode.file_channels(str(examples.files[0]))
 
 
-def load(config) -> Data:
-    """Reads, relabels, splits and balances the data config.data describes; checks it fits the task."""
+def load(config, model_preprocessing: str = "zero_one") -> Data:
+    """Reads, relabels, splits and balances the data config.data describes; checks it fits the task.
+
+    `model_preprocessing` is what data.normalize="model" means: the normalisation the model
+    (and its pretrained weights) expects.
+    """
     data = config.data
+    normalize = model_preprocessing if data.normalize == "model" else data.normalize
     source = _load_source(config)
     source = {name: labels.apply(examples, data.merge, data.keep) for name, examples in source.items()}
     first = next(iter(source.values()))
@@ -156,10 +162,10 @@ def load(config) -> Data:
     if data.copy_fraction:
         copies = np.concatenate([copies, splits.extra_copies(len(train), data.copy_fraction, config.seed)])
     mean = std = None
-    if data.normalize == "mean_std":
+    if normalize == "mean_std":
         mean, std = _mean_std(train, data, channels)
     context = augment.Context(dense_labels=dense, ignore_label=-1, mean=mean, std=std)
-    result = Data(parts, class_names, channels, context, copies, weights)
+    result = Data(parts, class_names, channels, context, copies, weights, normalize)
     result.input_shape = _input_shape(result, config)
     return result
 
@@ -249,7 +255,7 @@ def train_batches(
         features = aug(pre(features, seed), seed)
         if len(data.copies):
             features = tf.cond(entry >= n, lambda: copy_aug(features, seed + [0, 1 << 40]), lambda: features)
-        features["image"] = augment.normalize(features["image"], cfg.normalize, data.context)
+        features["image"] = augment.normalize(features["image"], data.normalize, data.context)
         return features
 
     ds = tf.data.Dataset.zip(
@@ -278,7 +284,7 @@ def eval_batches(
 
     def transform(features):
         features = pre(features, tf.zeros([2], tf.int64))
-        features["image"] = augment.normalize(features["image"], cfg.normalize, data.context)
+        features["image"] = augment.normalize(features["image"], data.normalize, data.context)
         return features
 
     ds = _examples_dataset(examples, np.arange(len(examples)), data.channels, cfg.image_size)

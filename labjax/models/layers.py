@@ -296,3 +296,43 @@ class ConvTranspose(nn.Module):
         else:
             y = lax.conv_transpose(x, kernel, strides, pads, dimension_numbers=_DIMENSION_NUMBERS)
         return y if bias is None else y + bias
+
+
+class SeparableConv(nn.Module):
+    """Depthwise then pointwise convolution, as Keras' ``SeparableConv2D`` (Xception).
+
+    Parameters: ``depthwise_kernel`` (kh, kw, 1, cin * depth_multiplier), ``pointwise_kernel``
+    (1, 1, cin * depth_multiplier, features) and ``bias``; the padding and strides apply to the
+    depthwise step.
+    """
+
+    features: int
+    kernel_size: tuple[int, int] = (3, 3)
+    strides: tuple[int, int] = (1, 1)
+    padding: Padding = "SAME"
+    use_bias: bool = True
+    depth_multiplier: int = 1
+    kernel_init: Initializer = nn.initializers.lecun_normal()
+    bias_init: Initializer = nn.initializers.zeros
+    impl: str = "auto"
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        _check_nhwc(x)
+        ksize, strides = _pair(self.kernel_size), _pair(self.strides)
+        cin = x.shape[-1]
+        middle = cin * self.depth_multiplier
+        depthwise = self.param("depthwise_kernel", self.kernel_init, ksize + (1, middle), self.param_dtype)
+        pointwise = self.param("pointwise_kernel", self.kernel_init, (1, 1, middle, self.features), self.param_dtype)
+        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
+        x, depthwise, pointwise, bias = promote_dtype(x, depthwise, pointwise, bias, dtype=self.dtype)
+        pads = _conv_pads(self.padding, x.shape[1:3], ksize, strides)
+        if fast_convs_enabled(self.impl):
+            y = _depthwise_fast(x, depthwise, strides, pads)
+            y = _conv_fast(y, pointwise, (1, 1), ((0, 0), (0, 0)))
+        else:
+            y = _conv_lax(x, depthwise, strides, pads, groups=cin)
+            y = _conv_lax(y, pointwise, (1, 1), ((0, 0), (0, 0)))
+        return y if bias is None else y + bias

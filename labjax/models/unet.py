@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from labjax.models.layers import ConvTranspose
 from labjax.models.mobilenet_v2 import MobileNetV2
+from labjax.models.resnet import ResNet
 
 MOBILENET_V2_SKIPS = (
     "block_1_expand_relu",  # 1/2
@@ -22,6 +23,43 @@ MOBILENET_V2_SKIPS = (
 )
 DECODER_FILTERS = (512, 256, 128, 64)
 pix2pix_init = nn.initializers.normal(0.02)
+
+
+RESNET50_SKIPS = (
+    "conv1_relu",  # 1/2
+    "conv2_block3_out",  # 1/4
+    "conv3_block4_out",  # 1/8
+    "conv4_block6_out",  # 1/16
+    "conv5_block3_out",  # 1/32
+)
+
+
+def pix2pix_decoder(skips: list[jax.Array], num_classes: int, dropout: float, bn_momentum: float, train: bool):
+    """Upsample the deepest skip, concatenating each shallower one; logits at twice the shallowest's size.
+
+    Called inside a module's compact __call__, so its layers are that module's (up_i, up_i_bn, logits).
+    """
+    x = skips[-1]
+    for i, (filters, skip) in enumerate(zip(DECODER_FILTERS, reversed(skips[:-1]))):
+        x = ConvTranspose(filters, (3, 3), (2, 2), use_bias=False, kernel_init=pix2pix_init, name=f"up_{i}")(x)
+        x = nn.BatchNorm(use_running_average=not train, momentum=bn_momentum, epsilon=1e-3, name=f"up_{i}_bn")(x)
+        x = nn.Dropout(dropout, deterministic=not train)(x)
+        x = jnp.concatenate([jax.nn.relu(x), skip], axis=-1)
+    return ConvTranspose(num_classes, (3, 3), (2, 2), kernel_init=nn.initializers.glorot_uniform(), name="logits")(x)
+
+
+class ResNet50UNet(nn.Module):
+    """The pix2pix decoder on Keras' ResNet50 (v1), skips at its stage outputs (1/2 .. 1/32)."""
+
+    num_classes: int
+    dropout: float = 0.0
+    bn_momentum: float = 0.99
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        endpoints = ResNet(bn_momentum=self.bn_momentum, return_endpoints=True, name="encoder")(x, train=train)
+        skips = [endpoints[name] for name in RESNET50_SKIPS]
+        return pix2pix_decoder(skips, self.num_classes, self.dropout, self.bn_momentum, train)
 
 
 class MobileNetV2UNet(nn.Module):
@@ -36,14 +74,4 @@ class MobileNetV2UNet(nn.Module):
             self.alpha, last_endpoint=MOBILENET_V2_SKIPS[-1], bn_momentum=self.bn_momentum, name="encoder"
         )(x, train=train)
         skips = [endpoints[name] for name in MOBILENET_V2_SKIPS]
-        x = skips[-1]
-        for i, (filters, skip) in enumerate(zip(DECODER_FILTERS, reversed(skips[:-1]))):
-            x = ConvTranspose(filters, (3, 3), (2, 2), use_bias=False, kernel_init=pix2pix_init, name=f"up_{i}")(x)
-            x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, epsilon=1e-3, name=f"up_{i}_bn")(
-                x
-            )
-            x = nn.Dropout(self.dropout, deterministic=not train)(x)
-            x = jnp.concatenate([jax.nn.relu(x), skip], axis=-1)
-        return ConvTranspose(
-            self.num_classes, (3, 3), (2, 2), kernel_init=nn.initializers.glorot_uniform(), name="logits"
-        )(x)
+        return pix2pix_decoder(skips, self.num_classes, self.dropout, self.bn_momentum, train)
