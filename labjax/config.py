@@ -167,8 +167,10 @@ def _validate_model(model: ml_collections.ConfigDict, info) -> None:
     """Head, pooling, pretrained weights, freezing and init_from; files are checked to exist."""
     from pathlib import Path
 
-    _check(model.head in ("new", "original"), "model.head", model.head, "'new' or 'original'")
-    _check(model.pooling in ("avg", "max"), "model.pooling", model.pooling, "'avg' or 'max'")
+    from labjax.models import HEADS, POOLINGS
+
+    _check(model.head in HEADS, "model.head", model.head, f"one of {HEADS}")
+    _check(model.pooling in POOLINGS, "model.pooling", model.pooling, f"one of {POOLINGS}")
     if model.head == "original" or model.pretrained != "none" or model.freeze != "none":
         _check(
             info.keras_family,

@@ -25,8 +25,18 @@ def _model_config(name: str, **overrides):
 
 
 def test_every_registered_model_builds_and_unknown_names_list_the_valid_ones():
-    for name in models.MODELS:
-        assert models.create_model(_model_config(name).model, 3) is not None, name
+    from labjax.data import augment
+
+    for name, info in models.MODELS.items():
+        assert info.preprocessing in augment.NORMALIZE_MODES and info.min_size >= 1, name
+        model = models.create_model(_model_config(name).model, 3)
+        if info.keras_family:  # a new head on the family without its top, or the family's own top
+            assert isinstance(model, models.Classifier) and model.num_classes == 3, name
+            assert model.backbone.include_top is False, name
+            original = models.create_model(_model_config(name, head="original").model, 3)
+            assert original.include_top is True and original.num_classes == 3, name
+        else:
+            assert getattr(model, "num_classes", 3) == 3, name
     with pytest.raises(ValueError, match=r"model.name='resnet9' is unknown; valid: \[.*'resnet50'"):
         models.create_model(_model_config("resnet9").model, 3)
 

@@ -8,7 +8,6 @@ exactly the batches an uninterrupted one would, on any number of devices or host
 """
 
 import dataclasses
-import logging
 from collections.abc import Iterator
 
 import numpy as np
@@ -57,16 +56,21 @@ def _load_source(config) -> dict[str, Examples]:
     if data.source == "synthetic":
         from labjax.data import synthetic
 
-        kwargs = dict(seed=config.seed, size=data.image_size, num_classes=data.num_classes)
+        ranges = [(0, data.train_size), (data.train_size, data.val_size)]
+        size, classes = data.image_size, data.num_classes
         if config.task == "segmentation":
-            names = synthetic.segmentation_class_names(data.num_classes)
-            parts = [synthetic.make_segmentation_arrays(start, n, **kwargs) for start, n in _synthetic_ranges(data)]
-        else:
-            names = synthetic.classification_class_names(data.num_classes)
-            channels = data.channels or 3
+            names = synthetic.segmentation_class_names(classes)
             parts = [
-                synthetic.make_classification_arrays(config.seed, start, n, channels=channels, **_no_seed(kwargs))
-                for start, n in _synthetic_ranges(data)
+                synthetic.make_segmentation_arrays(start, n, seed=config.seed, size=size, num_classes=classes)
+                for start, n in ranges
+            ]
+        else:
+            names = synthetic.classification_class_names(classes)
+            parts = [
+                synthetic.make_classification_arrays(
+                    config.seed, start, n, size=size, num_classes=classes, channels=data.channels or 3
+                )
+                for start, n in ranges
             ]
         return {
             name: Examples(labels=np.asarray(y, np.int32), class_names=names, images=x)
@@ -87,14 +91,6 @@ def _load_source(config) -> dict[str, Examples]:
     else:
         raise ValueError(f"config.data.source={data.source!r} is unknown; valid: {SOURCES}.")
     return source.load(data)
-
-
-def _synthetic_ranges(data) -> list[tuple[int, int]]:
-    return [(0, data.train_size), (data.train_size, data.val_size)]
-
-
-def _no_seed(kwargs: dict) -> dict:
-    return {k: v for k, v in kwargs.items() if k != "seed"}
 
 
 def _decode_into_memory(examples: Examples, data, channels: int, name: str) -> Examples:
@@ -304,8 +300,3 @@ def class_counts(examples: Examples, num_classes: int) -> list[int]:
     """Examples per class (pixels per class for masks)."""
     valid = examples.labels[(examples.labels >= 0) & (examples.labels < num_classes)]
     return np.bincount(valid.ravel(), minlength=num_classes).tolist()
-
-
-def log_summary(data: Data) -> None:
-    sizes = ", ".join(f"{len(ex)} {name}" for name, ex in data.splits.items())
-    logging.info("data: %s; %d classes; input %s", sizes, data.num_classes, data.input_shape)
