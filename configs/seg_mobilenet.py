@@ -6,6 +6,9 @@ on the built-in offline synthetic data set:
   python launch.py --config=configs/seg_mobilenet.py
 
 Variants: `:quick` (8 epochs, a first look), `:smoke` (tiny sizes, seconds; for tests).
+The study's 21 runs (`get_sweep`: SGD, Adam, Adamax x learning rates 0.001, 0.01, 0.5, and
+for Adam and Adamax (beta_1, beta_2) in (0.9, 0.999), (0.8, 0.999), (0.8, 0.85)) are named
+like `sgd_0.01` and `adam_0.001_0.8_0.85`.
 On the real People Clothing Segmentation data (59 classes; stems `img_0001` / `seg_0001`):
 
   python launch.py --config=configs/seg_mobilenet.py --config.data.source=masks \
@@ -14,9 +17,19 @@ On the real People Clothing Segmentation data (59 classes; stems `img_0001` / `s
     --config.data.num_classes=59
 """
 
+import itertools
+import string
+
 import ml_collections
 
 from labjax.config import base_config
+
+# A sweep member's run name: dotted keys of its overrides. SGD members set no betas, and a key
+# absent from the overrides is dropped with its separator, so SGD runs are named `sgd_0.01`.
+RUN_NAME = "{optimizer.name}_{optimizer.learning_rate}_{optimizer.b1}_{optimizer.b2}"
+LEARNING_RATES = (0.001, 0.01, 0.5)
+BETAS = ((0.9, 0.999), (0.8, 0.999), (0.8, 0.85))
+ARGS = ("quick", "smoke")  # get_config's variants
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -63,3 +76,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     elif arg:
         raise ValueError(f"configs/seg_mobilenet.py: unknown argument {arg!r}; choose quick or smoke.")
     return config
+
+
+def get_sweep(arg: str | None = None):
+    """S0's 21 runs as override dicts: SGD x 3 learning rates, Adam and Adamax x 3 rates x 3 beta pairs."""
+    del arg  # the same runs for every variant (`:quick` sweeps the shorter runs)
+    for learning_rate in LEARNING_RATES:
+        yield {"optimizer.name": "sgd", "optimizer.learning_rate": learning_rate}
+    for name, learning_rate, (b1, b2) in itertools.product(("adam", "adamax"), LEARNING_RATES, BETAS):
+        yield {"optimizer.name": name, "optimizer.learning_rate": learning_rate, "optimizer.b1": b1, "optimizer.b2": b2}
+
+
+def run_name(overrides: dict) -> str:
+    """RUN_NAME filled from a member's overrides, absent keys dropped: `sgd_0.01`, `adam_0.001_0.8_0.85`."""
+    keys = [field for _, field, _, _ in string.Formatter().parse(RUN_NAME) if field]
+    return "_".join(str(overrides[key]) for key in keys if key in overrides)

@@ -7,7 +7,7 @@ import jax
 import ml_collections
 
 TASKS = ("segmentation", "classification")
-OPTIMIZERS = ("sgd", "adam", "adamax")
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 # Keys a resumed run may change without changing what is trained.
 RESUMABLE_CHANGES = re.compile(
@@ -96,16 +96,57 @@ def base_config(task: str) -> ml_collections.ConfigDict:
     model.layers = ""  # spec_cnn: "conv(32,3,relu)|maxpool(2)|...|dense(classes)"
 
     config.optimizer = opt = ml_collections.ConfigDict()
-    opt.name = "adam"  # sgd | adam | adamax
-    opt.learning_rate = 1e-3
-    opt.b1 = 0.9
+    opt.name = "adam"  # sgd | adam | adamax | adamw | rmsprop | nadam
+    opt.learning_rate = 1e-3  # the peak (after warmup) and starting value of the schedule
+    opt.b1 = 0.9  # adam, adamax, adamw, nadam
     opt.b2 = 0.999
-    opt.eps = 1e-7  # Keras' default
-    opt.momentum = 0.0  # sgd only
-    opt.nesterov = False  # sgd only
+    opt.eps = 1e-7  # Keras' default (PyTorch's is 1e-8)
+    opt.momentum = 0.0  # sgd (PyTorch's: no dampening), rmsprop
+    opt.nesterov = False  # sgd
+    opt.rho = 0.9  # rmsprop's squared-gradient average (Keras 0.9; PyTorch's alpha 0.99)
+    opt.centered = False  # rmsprop
+    # Weight decay, in one of three meanings:
+    #   l2:        weight_decay * sum(w^2) added to the loss (Keras' regularizers.l2)
+    #   coupled:   weight_decay * w added to the gradient (PyTorch's SGD/Adam weight_decay)
+    #   decoupled: w -= learning_rate * weight_decay * w beside the update (AdamW)
+    #   auto:      decoupled for adamw, coupled otherwise
+    opt.weight_decay = 0.0
+    opt.weight_decay_type = "auto"  # auto | l2 | coupled | decoupled
+    opt.decay_params = "kernels"  # kernels (conv and dense weights) | all | regex:PATTERN (param paths a/b/c)
+    opt.clip_norm = 0.0  # clip gradients to this global norm (0: off)
+    # Learning-rate schedule, per epoch; warmup (linear from 0) runs before any of them.
+    opt.schedule = "constant"  # constant | step | multistep | exponential | cosine | plateau
+    opt.warmup_epochs = 0.0
+    opt.step_epochs = 0  # step: multiply by gamma every N epochs (PyTorch StepLR)
+    opt.milestones = ""  # multistep: "30,60,80" epochs at which to multiply by gamma
+    opt.gamma = 0.1  # step, multistep; exponential: the per-epoch factor
+    opt.min_lr = 0.0  # cosine: the final learning rate
+    # plateau: ReduceLROnPlateau (PyTorch semantics) on a validation metric, once per epoch
+    opt.plateau = ml_collections.ConfigDict()
+    opt.plateau.monitor = "val_loss"
+    opt.plateau.mode = "min"  # min | max
+    opt.plateau.factor = 0.1
+    opt.plateau.patience = 10  # epochs without improvement before reducing
+    opt.plateau.cooldown = 0  # epochs to wait after a reduction
+    opt.plateau.min_lr = 0.0
+    opt.plateau.threshold = 1e-4  # improvement needed, relative (rel) or absolute (abs)
+    opt.plateau.threshold_mode = "rel"
+
+    config.label_smoothing = 0.0  # classification targets (1 - s) one-hot + s / classes
+    config.compute_dtype = "float32"  # float32 | bfloat16 (mixed precision: float32 params, bfloat16 compute)
+    # Early stopping on a validation metric, checked every epoch (patience 0: off). With
+    # restore_best the run ends with the best epoch's weights: its final checkpoint and
+    # evaluation use them.
+    config.early_stopping = ml_collections.ConfigDict()
+    config.early_stopping.patience = 0
+    config.early_stopping.monitor = "val_loss"
+    config.early_stopping.mode = "min"  # min | max
+    config.early_stopping.min_delta = 0.0
+    config.early_stopping.restore_best = True
 
     config.batch_size = 32  # global batch, split over all devices
     config.eval_batch_size = 32
+    config.eval_positive_class = ""  # two classes: the positive one for TPR/FPR/F1/ROC AUC (name or index; "": second)
     config.num_epochs = 10
     config.num_train_steps = -1  # > 0 overrides num_epochs
     config.log_every_steps = 10
@@ -118,8 +159,32 @@ def base_config(task: str) -> ml_collections.ConfigDict:
     return config
 
 
+def parse_arg(
+    arg: str | None, where: str, args: tuple[str, ...], keys: tuple[str, ...] = (), one_of: tuple[str, ...] = ()
+) -> tuple[list[str], dict[str, str]]:
+    """A config's ARG: 'multistep,path=DIR' -> (['multistep'], {'path': 'DIR'}).
+
+    Unknown pieces raise ValueError naming them and listing the valid ones; at most one name of
+    `one_of` (e.g. the models of a study) may be given.
+    """
+    names, values = [], {}
+    for token in filter(None, (piece.strip() for piece in (arg or "").split(","))):
+        key, sep, value = token.partition("=")
+        if (sep and key not in keys) or (not sep and token not in args):
+            valid = ", ".join([*args, *(f"{k}=VALUE" for k in keys)])
+            raise ValueError(f"{where}: unknown argument {token!r} in {arg!r}; choose from {valid} (comma-separated).")
+        if sep:
+            values[key] = value.strip()
+        else:
+            names.append(token)
+    if len(set(names) & set(one_of)) > 1:
+        raise ValueError(f"{where}: {arg!r} names more than one of {', '.join(one_of)}; choose one.")
+    return names, values
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
     """Raises ConfigError naming the key, its value and the valid choices."""
+    from labjax import optim  # imports config: imported here to avoid a cycle
     from labjax.models import MODELS, input_rule  # models and data do not import config
 
     num_devices = num_devices or jax.device_count()
@@ -136,12 +201,18 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
             data.image_size,
             f"at least {smallest} and a multiple of {divisor} for model {model.name!r}",
         )
-    _check(opt.name in OPTIMIZERS, "optimizer.name", opt.name, f"one of {OPTIMIZERS}")
-    _check(opt.learning_rate > 0, "optimizer.learning_rate", opt.learning_rate, "a number > 0")
-    for beta in ("b1", "b2"):
-        _check(0 <= opt[beta] < 1, f"optimizer.{beta}", opt[beta], "a number in [0, 1)")
-    _check(opt.eps > 0, "optimizer.eps", opt.eps, "a number > 0")
-    _check(0 <= opt.momentum < 1, "optimizer.momentum", opt.momentum, "a number in [0, 1)")
+    optim.validate(opt, config.num_epochs)
+    _check(0 <= config.label_smoothing < 1, "label_smoothing", config.label_smoothing, "a number in [0, 1)")
+    _check(config.compute_dtype in COMPUTE_DTYPES, "compute_dtype", config.compute_dtype, f"one of {COMPUTE_DTYPES}")
+    stopping = config.early_stopping
+    _check(stopping.patience >= 0, "early_stopping.patience", stopping.patience, "an integer >= 0 (0: off)")
+    _check(stopping.mode in ("min", "max"), "early_stopping.mode", stopping.mode, "'min' or 'max'")
+    _check(
+        stopping.monitor.startswith(("train_", "val_")),
+        "early_stopping.monitor",
+        stopping.monitor,
+        "a logged metric such as val_loss, val_accuracy, val_miou or train_loss",
+    )
     _check(0 <= model.dropout < 1, "model.dropout", model.dropout, "a number in [0, 1)")
     if "bn_momentum" in model:
         _check(0 <= model.bn_momentum < 1, "model.bn_momentum", model.bn_momentum, "a number in [0, 1)")

@@ -23,8 +23,11 @@ jax.config.update("jax_platforms", "cpu")
 
 @pytest.fixture(scope="session", autouse=True)
 def compilation_cache(tmp_path_factory):
-    """One XLA cache for the session: repeated trainings of a config compile once."""
-    path = tmp_path_factory.mktemp("xla_cache")
+    """One XLA cache for the session, shared by the pytest-xdist workers: a model that two test
+    files train compiles once, whichever worker gets there first (JAX locks the cache's files)."""
+    base = tmp_path_factory.getbasetemp()
+    path = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "xla_cache"
+    path.mkdir(exist_ok=True)
     os.environ["LABJAX_COMPILATION_CACHE"] = str(path)  # for launch.py subprocesses
     from labjax import cli
 

@@ -32,8 +32,8 @@ def _launch(*args, **kwargs) -> subprocess.CompletedProcess:
         ),
         ("--config.optimizer.learning_rate=abc", "could not convert string to float: 'abc"),
         (
-            "--config.optimizer.name=adamw",
-            "optimizer.name='adamw' is invalid: expected one of ('sgd', 'adam', 'adamax')",
+            "--config.optimizer.name=adamx",
+            "optimizer.name='adamx' is invalid: expected one of ('sgd', 'adam', 'adamax', 'adamw', 'rmsprop', 'nadam')",
         ),
         ("--config.model.name=resnet9", "model.name='resnet9' is invalid"),
         ("--config.optimizer.learning_rate=-1", "learning_rate=-1.0 is invalid: expected a number > 0"),

@@ -143,7 +143,8 @@ def create_model(model_config: ml_collections.ConfigDict, num_classes: int, froz
         return SmallCNN(num_classes, dropout=model_config.dropout)
     if not info.keras_family:
         kwargs = {"num_classes": num_classes}
-        if _accepts(info.build, "dropout"):
+        # A spec's dropout ops keep their own rates unless model.dropout > 0 replaces them all.
+        if _accepts(info.build, "dropout") and (model_config.dropout or name != "spec_cnn"):
             kwargs["dropout"] = model_config.dropout
         if _accepts(info.build, "layers") and model_config.get("layers"):
             kwargs["layers"] = model_config.layers
