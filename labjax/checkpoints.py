@@ -19,6 +19,17 @@ FORMAT_VERSION = 1
 STATE_ITEMS = ("params", "batch_stats", "opt_state")
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be restored; `other_model` when it holds another model's weights."""
+
+    def __init__(self, message: str, other_model: bool = False):
+        super().__init__(message)
+        self.other_model = other_model
+
+
+_MISMATCH = ("do not match", "not compatible with the stored shape")  # Orbax's words for a different tree
+
+
 def _manager(directory: Path, keep: int = 1, best_metric: str = "", best_mode: str = "max", read_only=False):
     policy = [policies.LatestN(keep)]
     if best_metric:
@@ -82,7 +93,12 @@ class Checkpoints:
         """The step whose saved validation metric is best (None if none has metrics)."""
         scored = []
         for step in self.steps():
-            value = (self.metadata(step).get("metrics") or {}).get(self.best_metric)
+            try:
+                metadata = self.metadata(step)
+            except Exception:  # a corrupt step cannot be the best; restoring it names the problem
+                logging.warning("%s: unreadable metadata; not a candidate for the best checkpoint.", self.directory)
+                continue
+            value = (metadata.get("metrics") or {}).get(self.best_metric)
             if value is not None:
                 scored.append((value, step))
         if not scored:
@@ -98,7 +114,10 @@ class Checkpoints:
         present = _present(target, items)
         abstract = {name: jax.tree.map(ocp.utils.to_shape_dtype_struct, getattr(target, name)) for name in present}
         args = {name: ocp.args.StandardRestore(abstract[name]) for name in present}
-        restored = self.manager.restore(step, args=ocp.args.Composite(**args, metadata=ocp.args.JsonRestore()))
+        try:
+            restored = self.manager.restore(step, args=ocp.args.Composite(**args, metadata=ocp.args.JsonRestore()))
+        except Exception as error:  # Orbax and TensorStore raise KeyError, ValueError or a bare Exception
+            raise self._failure(step, error) from error
         result = {name: restored[name] if name in present else getattr(target, name) for name in items}
         return {**result, "metadata": restored["metadata"]}
 
@@ -111,6 +130,17 @@ class Checkpoints:
 
     def close(self) -> None:
         self.manager.close()
+
+    def _failure(self, step: int, error: Exception) -> "CheckpointError":
+        """A restore failure as one line: the step's folder, what is wrong, and the steps there are."""
+        text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)  # no repr quotes
+        lines = text.split("See full TensorStore")[0].strip().splitlines() or [type(error).__name__]
+        reason = lines[0].strip("'\" .:")[:200]
+        other_model = isinstance(error, ValueError) and any(words in str(error) for words in _MISMATCH)
+        what = "does not fit this model (another model's checkpoint?)" if other_model else "is truncated or corrupt"
+        return CheckpointError(
+            f"{self.directory / str(step)} {what}: {reason}; available steps: {self.steps()}.", other_model
+        )
 
 
 def _present(state, names) -> list[str]:
@@ -134,6 +164,64 @@ def resolve_step(checkpoints: Checkpoints, which: str) -> int:
     if which.isdigit() and int(which) in steps:
         return int(which)
     raise ValueError(f"--checkpoint={which!r} not found in {checkpoints.directory}; available: latest, best, {steps}.")
+
+
+def restore_checkpoint(checkpoints: Checkpoints, which: str, target, items=STATE_ITEMS, model_config=None):
+    """(step, restored items) for 'latest' | 'best' | STEP, with clear errors for broken checkpoints.
+
+    'latest' falls back to the newest intact checkpoint with a warning. `model_config` (the
+    run's config['model']) is compared with the one the checkpoint saved, so weights of another
+    model are named as such even when their shapes happen to fit.
+    """
+    step = resolve_step(checkpoints, which)
+    candidates = [step]
+    if which == "latest":
+        candidates += [s for s in reversed(checkpoints.steps()) if s < step]
+    errors = []
+    for candidate in candidates:
+        try:
+            restored = checkpoints.restore(candidate, target, items)
+        except CheckpointError as error:
+            error = _explain(checkpoints, candidate, error, model_config)
+            if error.other_model or which != "latest":
+                raise error from error.__cause__
+            errors.append(error)
+            logging.warning("%s", error)
+            continue
+        saved = (restored["metadata"].get("config") or {}).get("model")
+        if model_config is not None and saved is not None and saved != dict(model_config):
+            raise CheckpointError(_other_model(checkpoints, candidate, saved, model_config), True)
+        if errors:
+            logging.warning("Using step %d, the newest intact checkpoint in %s.", candidate, checkpoints.directory)
+        return candidate, restored
+    raise CheckpointError(
+        f"{checkpoints.directory}: no intact checkpoint among steps {checkpoints.steps()}; the newest: {errors[0]}"
+    )
+
+
+def _explain(checkpoints: Checkpoints, step: int, error: CheckpointError, model_config) -> CheckpointError:
+    """A failed restore whose saved metadata names another model becomes an other-model error."""
+    if model_config is None:
+        return error
+    try:
+        saved = checkpoints.metadata(step)["config"]["model"]
+    except Exception:  # unreadable metadata: the checkpoint is corrupt, as the error says
+        return error
+    if saved == dict(model_config):
+        return error
+    return CheckpointError(_other_model(checkpoints, step, saved, model_config), True)
+
+
+def _other_model(checkpoints: Checkpoints, step: int, saved: dict, expected) -> str:
+    differing = [
+        f"model.{key}: {saved.get(key, '<absent>')!r} in the checkpoint, {expected.get(key, '<absent>')!r} in the run"
+        for key in sorted(set(saved) | set(expected), key=lambda k: (k != "name", k))  # the name first
+        if saved.get(key) != expected.get(key)
+    ]
+    return (
+        f"{checkpoints.directory / str(step)} is a checkpoint of another model ({'; '.join(differing[:4])}); "
+        f"available steps: {checkpoints.steps()}. Evaluate it from its own workdir."
+    )
 
 
 def resolve_init_from(path: str) -> tuple["Checkpoints", int]:

@@ -5,7 +5,9 @@ reduces gradients and BatchNorm statistics over the whole global batch, so a run
 same result on 1 or N devices.
 """
 
+import functools
 import json
+import resource
 import shutil
 import signal
 import threading
@@ -19,6 +21,7 @@ import ml_collections
 import numpy as np
 from clu import parameter_overview
 from flax.training import train_state
+from jax.experimental import multihost_utils
 
 from labjax import checkpoints as ckpt
 from labjax import config as config_lib
@@ -26,7 +29,17 @@ from labjax import models, optim, parallel, plots, tasks, writers
 from labjax.data import pipeline
 from labjax.weights import pretrained
 
-OWN_FILES = ("checkpoints", "tensorboard", "plots", "eval", "data", "metrics.jsonl", "status.json", "config.json")
+OWN_FILES = (
+    "checkpoints",
+    "tensorboard",
+    "plots",
+    "eval",
+    "predict",
+    "data",
+    "metrics.jsonl",
+    "status.json",
+    "config.json",
+)
 
 
 class TrainState(train_state.TrainState):
@@ -42,9 +55,21 @@ class TrainingInterrupted(RuntimeError):
     """SIGINT/SIGTERM (or a test's stop_after_step): a checkpoint was saved first."""
 
 
-def create_train_state(config, model, mesh, image_shape: tuple[int, ...], frozen=frozenset()) -> TrainState:
-    """Initialises parameters and optimizer state, replicated over the mesh; `frozen` modules get no updates."""
-    tx = optim.create_optimizer(config, frozen)
+def create_train_state(
+    config,
+    model,
+    mesh,
+    image_shape: tuple[int, ...],
+    frozen=frozenset(),
+    steps_per_epoch: int = 1,
+    total_steps: int | None = None,
+) -> TrainState:
+    """Initialises parameters and optimizer state, replicated over the mesh; `frozen` modules get no updates.
+
+    The learning-rate schedule counts epochs in optimizer steps, hence `steps_per_epoch`
+    (and `total_steps` for schedules that end somewhere, such as cosine).
+    """
+    tx = optim.create_optimizer(config, frozen, steps_per_epoch, total_steps=total_steps)
 
     def init() -> TrainState:
         key = jax.random.key(config.seed)
@@ -60,45 +85,93 @@ def create_train_state(config, model, mesh, image_shape: tuple[int, ...], frozen
     return jax.jit(init, out_shardings=parallel.replicated(mesh))()
 
 
-def make_train_step(mesh, num_classes: int, class_weights: np.ndarray | None = None):
-    """The jitted step: forward, backward, update; returns (new state, TrainMetrics).
+def train_step_fn(
+    num_classes: int,
+    class_weights: np.ndarray | None = None,
+    *,
+    label_smoothing: float | jax.Array = 0.0,
+    penalty=None,
+    compute_dtype: str = "float32",
+):
+    """The pure (un-jitted) step: forward, backward, update; returns (new state, TrainMetrics).
+
+    make_train_step jits it; labjax/vectorize.py vmaps it over a sweep's stacked members, where
+    `label_smoothing` may be a traced per-member value.
 
     `class_weights` (balance=weights) scale each label's loss, normalised by the summed
     weights as PyTorch's weighted cross-entropy does. A mixed batch (mixup/cutmix) carries
     a second label and its share: the loss is mix * CE(label) + (1 - mix) * CE(label_b).
+    `penalty(params)` (L2 weight decay) is added to the objective the gradients come from;
+    the logged loss is the data loss alone, so runs with and without it compare.
+    With compute_dtype bfloat16 the forward and backward pass run on bfloat16 copies of
+    params and images; params, optimizer state and BatchNorm statistics stay float32.
     """
     weights = None if class_weights is None else jnp.asarray(class_weights, jnp.float32)
+    dtype = jnp.dtype(compute_dtype)
+
+    def label_loss(logits, labels, mask):
+        if isinstance(label_smoothing, jax.Array):  # traced: no Python branch on it; the loss is linear in s
+            plain = tasks.per_label_loss(logits, labels, mask)
+            return (1 - label_smoothing) * plain + label_smoothing * tasks.per_label_loss(logits, labels, mask, 1.0)
+        return tasks.per_label_loss(logits, labels, mask, label_smoothing)
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, tasks.TrainMetrics]:
         labels = batch["label"]
         mask = tasks.label_mask(labels, jnp.ones(labels.shape[:1], bool), num_classes)
 
         def objective(logits):
-            losses = tasks.per_label_loss(logits, labels, mask)
+            losses = label_loss(logits, labels, mask)
             if "mix" in batch:
                 mix = batch["mix"].reshape(batch["mix"].shape + (1,) * (labels.ndim - 1))
-                losses = mix * losses + (1 - mix) * tasks.per_label_loss(logits, batch["label_b"], mask)
+                second = label_loss(logits, batch["label_b"], mask)
+                losses = mix * losses + (1 - mix) * second
             if weights is None:
                 return losses.sum() / jnp.maximum(mask.sum(), 1), losses
             per_label = jnp.where(mask, weights[jnp.clip(labels, 0, num_classes - 1)], 0.0)
             return (per_label * losses).sum() / jnp.maximum(per_label.sum(), 1e-12), losses
 
         def loss_fn(params):
+            images, compute_params = batch["image"], params
+            if dtype != jnp.float32:
+                images = images.astype(dtype)
+                compute_params = jax.tree.map(lambda x: x.astype(dtype), params)
             logits, updates = state.apply_fn(
-                {"params": params, "batch_stats": state.batch_stats},
-                batch["image"],
+                {"params": compute_params, "batch_stats": state.batch_stats},
+                images,
                 train=True,
                 rngs={"dropout": jax.random.fold_in(state.rng, state.step)},
                 mutable=["batch_stats"],
             )
             loss, losses = objective(logits)
+            if penalty is not None:
+                loss = loss + penalty(params)
             return loss, (logits, losses, updates)
 
         grads, (logits, losses, updates) = jax.grad(loss_fn, has_aux=True)(state.params)
-        state = state.apply_gradients(grads=grads, batch_stats=updates.get("batch_stats", {}))
+        # Running statistics keep their own dtype (float32) whatever the compute dtype.
+        batch_stats = jax.tree.map(
+            lambda new, old: new.astype(old.dtype), updates.get("batch_stats", {}), state.batch_stats
+        )
+        state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
         metrics = tasks.TrainMetrics.single_from_model_output(loss=losses, logits=logits, labels=labels, mask=mask)
         return state, metrics
 
+    return train_step
+
+
+def make_train_step(
+    mesh,
+    num_classes: int,
+    class_weights: np.ndarray | None = None,
+    *,
+    label_smoothing: float = 0.0,
+    penalty=None,
+    compute_dtype: str = "float32",
+):
+    """The jitted data-parallel step of train_step_fn: batch sharded over 'data', state replicated."""
+    train_step = train_step_fn(
+        num_classes, class_weights, label_smoothing=label_smoothing, penalty=penalty, compute_dtype=compute_dtype
+    )
     replicated, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
     return jax.jit(
         train_step,
@@ -109,7 +182,18 @@ def make_train_step(mesh, num_classes: int, class_weights: np.ndarray | None = N
 
 
 def make_eval_step(mesh, model, num_classes: int):
-    """The jitted evaluation step over a padded batch; returns (EvalMetrics, predictions)."""
+    """The jitted evaluation step of eval_step_fn over a padded batch, sharded over 'data'."""
+    return jax.jit(
+        eval_step_fn(model, num_classes), in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh))
+    )
+
+
+def eval_step_fn(model, num_classes: int):
+    """The pure evaluation step over a padded batch; returns (EvalMetrics, outputs).
+
+    outputs: 'prediction' (arg-max class ids), 'label' and 'valid' as given, and for
+    classification 'probability' (softmax, (B, classes)), which ROC AUC needs per example.
+    """
 
     def eval_step(variables: dict, batch: dict):
         logits = model.apply(variables, batch["image"], train=False)
@@ -120,21 +204,38 @@ def make_eval_step(mesh, model, num_classes: int):
             labels=batch["label"],
             mask=mask,
         )
-        return metrics, jnp.argmax(logits, -1)
+        outputs = {"prediction": jnp.argmax(logits, -1), "label": batch["label"], "valid": batch["valid"]}
+        if logits.ndim == 2:
+            outputs["probability"] = jax.nn.softmax(logits.astype(jnp.float32), -1)
+        return metrics, outputs
 
-    return jax.jit(eval_step, in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)))
+    return eval_step
 
 
-def evaluate_split(eval_step, variables, data, split: str, config, mesh, keep_predictions: int = 0):
-    """Exact metrics over a whole split, and the first `keep_predictions` predictions."""
-    collected, predictions = None, []
+def evaluate_split(
+    eval_step, variables, data, split: str, config, mesh, keep_predictions: int = 0, keep_scores: bool = False
+):
+    """Exact metrics over a whole split, and the first `keep_predictions` predictions.
+
+    With `keep_scores` (classification), `computed` also holds every real example's class
+    probabilities and label ('probabilities', 'labels', in split order) for ROC AUC.
+    """
+    collected, predictions, scores, labels = None, [], [], []
     batches = pipeline.eval_batches(data, split, config, None, jax.process_index(), jax.process_count())
     for batch in batches:
-        metrics, preds = eval_step(variables, parallel.to_global(batch, mesh))
+        metrics, outputs = eval_step(variables, parallel.to_global(batch, mesh))
         collected = metrics if collected is None else collected.merge(metrics)
         if sum(len(p) for p in predictions) < keep_predictions:
-            predictions.append(np.asarray(jax.device_get(preds)))
+            predictions.append(multihost_utils.process_allgather(outputs["prediction"], tiled=True))
+        if keep_scores:
+            host = multihost_utils.process_allgather(
+                {k: outputs[k] for k in ("probability", "label", "valid")}, tiled=True
+            )
+            scores.append(host["probability"][host["valid"]])
+            labels.append(host["label"][host["valid"]])
     computed = jax.device_get(collected.compute())
+    if keep_scores:
+        computed["probabilities"], computed["labels"] = np.concatenate(scores), np.concatenate(labels)
     preds = np.concatenate(predictions)[:keep_predictions] if predictions else None
     return tasks.eval_summary(config.task, computed), computed, preds
 
@@ -247,6 +348,53 @@ def _write_status(workdir: Path, status: str, **fields) -> None:
         ckpt.write_json(workdir / "status.json", {"status": status, "time": time.time(), **fields})
 
 
+RANK = "early_stopping_rank"  # checkpoint metric of runs with early stopping
+
+
+class EarlyStopping:
+    """Keras' EarlyStopping: stop when `monitor` has not improved by more than min_delta for `patience` epochs.
+
+    Its state (best value, epoch and step, epochs waited) travels in checkpoint metadata,
+    so a resumed run stops where an uninterrupted one would.
+    """
+
+    def __init__(self, cfg: ml_collections.ConfigDict):
+        self.monitor, self.mode = cfg.monitor, cfg.mode
+        self.patience, self.min_delta = cfg.patience, abs(cfg.min_delta)
+        self.best, self.best_step, self.best_epoch, self.best_scalars, self.wait = None, None, None, {}, 0
+        self.improvements = 0  # ranks checkpoints: the latest improvement is the best (min_delta included)
+
+    def update(self, scalars: dict, step: int, epoch: int) -> bool:
+        """Records an epoch's scalars; True when the monitored value improved."""
+        if self.monitor not in scalars:
+            raise config_lib.ConfigError(
+                f"config.early_stopping.monitor={self.monitor!r} is not a metric of this run; "
+                f"choose one of {sorted(k for k in scalars if k.startswith(('train_', 'val_')))}."
+            )
+        value = scalars[self.monitor]
+        if self.best is None or (
+            value < self.best - self.min_delta if self.mode == "min" else value > self.best + self.min_delta
+        ):
+            self.best, self.best_step, self.best_epoch, self.wait = value, step, epoch, 0
+            self.best_scalars = dict(scalars)
+            self.improvements += 1
+            return True
+        self.wait += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.wait >= self.patience
+
+    def state_dict(self) -> dict:
+        keys = ("best", "best_step", "best_epoch", "best_scalars", "wait", "improvements")
+        return {key: getattr(self, key) for key in keys}
+
+    def load_state_dict(self, values: dict) -> None:
+        for key, value in values.items():
+            setattr(self, key, value)
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict,
     workdir: str | Path,
@@ -266,32 +414,44 @@ def train_and_evaluate(
     resuming = check_workdir(config, workdir, overwrite)
     mesh = parallel.make_mesh()
     num_classes = data.num_classes
+    steps_per_epoch = pipeline.steps_per_epoch(data, config.batch_size)
+    total_steps = config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
+    num_epochs = -(-total_steps // steps_per_epoch)
     model, frozen = models.build(config.model, num_classes, data.input_shape)
-    state = create_train_state(config, model, mesh, data.input_shape, frozen)
+    state = create_train_state(config, model, mesh, data.input_shape, frozen, steps_per_epoch, total_steps)
     if not resuming:  # a missing or mismatched weights file fails here, before anything is written
         state = _starting_weights(config, info, model, state, mesh, data.input_shape)
     claim_workdir(config, workdir, overwrite)
 
-    checkpoints = ckpt.Checkpoints(workdir, config.checkpoint)
-    steps_per_epoch = pipeline.steps_per_epoch(data, config.batch_size)
-    total_steps = config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
-    num_epochs = -(-total_steps // steps_per_epoch)
+    stopper = EarlyStopping(config.early_stopping) if config.early_stopping.patience > 0 else None
+    plateau = None
+    if config.optimizer.schedule == "plateau":
+        plateau = optim.ReduceOnPlateau(config.optimizer.plateau, config.optimizer.learning_rate)
+    checkpoints = ckpt.Checkpoints(workdir, _checkpoint_config(config))
     start_step, train_time = 0, 0.0
     if checkpoints.latest_step() is not None:
         restored = checkpoints.restore(checkpoints.latest_step(), state)
+        metadata = restored["metadata"]
         state = state.replace(
-            step=jax.device_put(np.int32(restored["metadata"]["step"]), parallel.replicated(mesh)),
+            step=jax.device_put(np.int32(metadata["step"]), parallel.replicated(mesh)),
             params=restored["params"],
             batch_stats=restored["batch_stats"],
             opt_state=restored["opt_state"],
         )
-        start_step = restored["metadata"]["step"]
-        train_time = restored["metadata"].get("train_time_s", 0.0)
+        start_step = metadata["step"]
+        train_time = metadata.get("train_time_s", 0.0)
+        if stopper and metadata.get("early_stopping"):
+            stopper.load_state_dict(metadata["early_stopping"])
+        if plateau and metadata.get("plateau"):
+            plateau.load_state_dict(metadata["plateau"])
         writers.truncate_after(workdir / "metrics.jsonl", start_step)
+        if metadata.get("stopped_early"):
+            print(f"{workdir}: stopped early at step {start_step}; nothing to do.", flush=True)
+            return _final_summary(workdir, mark_finished=True)
         print(f"Resuming {workdir} from step {start_step}.", flush=True)
     if start_step >= total_steps:
         print(f"{workdir}: already trained to step {start_step}; nothing to do.", flush=True)
-        return _final_summary(workdir)
+        return _final_summary(workdir, mark_finished=True)
 
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     num_frozen = sum(
@@ -305,13 +465,25 @@ def train_and_evaluate(
         f"{'x'.join(map(str, data.input_shape))}; {steps_per_epoch} steps/epoch on {jax.device_count()} device(s).",
         flush=True,
     )
-    train_step = make_train_step(mesh, num_classes, data.class_weights)
+    train_step = make_train_step(
+        mesh,
+        num_classes,
+        data.class_weights,
+        label_smoothing=config.label_smoothing,
+        penalty=_l2_penalty(config.optimizer),
+        compute_dtype=config.compute_dtype,
+    )
     eval_step = make_eval_step(mesh, model, num_classes)
     writer = writers.create_writer(workdir, jax.process_index() == 0)
     _write_status(workdir, "running", step=start_step)
     progress = Progress(total_steps, config.batch_size)
+    earlier_rows = _init_from_rows(config.model.init_from)
+    run_facts = {"num_params": int(num_params), "trainable_params": int(num_params - num_frozen)}
+    from labjax import predict  # imports this module
 
-    def save(metrics=None):
+    input_spec = predict.InputSpec.from_data(data, config).to_dict()  # predict needs no data set with it
+
+    def save(metrics=None, **extra):
         step = int(state.step)
         metadata = {
             "step": step,
@@ -319,12 +491,17 @@ def train_and_evaluate(
             "train_time_s": train_time,
             "config": config_lib.to_dict(config),
             "class_names": data.class_names,
+            "input": input_spec,
+            "early_stopping": stopper.state_dict() if stopper else None,
+            "plateau": plateau.state_dict() if plateau else None,
+            **extra,
         }
         checkpoints.save(state, metadata, metrics)
 
-    step, summary = start_step, None
+    step, summary, computed, stopped_early = start_step, None, None, False
+    session_start, session_time, first_step_s = start_step, 0.0, 0.0
     with _StopRequests() as stop:
-        while step < total_steps:
+        while step < total_steps and not stopped_early:
             epoch = step // steps_per_epoch
             epoch_metrics, tic = None, time.perf_counter()
             for batch in pipeline.train_batches(
@@ -337,6 +514,8 @@ def train_and_evaluate(
                     loss = float(metrics.loss.compute())
                     _check_finite(loss, step, workdir)
                     progress.update(step, epoch, num_epochs, loss)
+                if step == start_step + 1:  # the loss above waited for it: compile + one step
+                    first_step_s = time.perf_counter() - tic
                 if stop_after_step is not None and step >= stop_after_step:
                     stop.signal = "stop_after_step"
                 if stop.signal:
@@ -348,10 +527,11 @@ def train_and_evaluate(
                     )
                 if step >= total_steps:
                     break
-            train_time += time.perf_counter() - tic
+            elapsed = time.perf_counter() - tic
+            train_time, session_time = train_time + elapsed, session_time + elapsed
             train = {f"train_{k}": float(v) for k, v in epoch_metrics.compute().items()}
             _check_finite(train["train_loss"], step, workdir)
-            summary, _, _ = evaluate_split(
+            summary, computed, _ = evaluate_split(
                 eval_step, {"params": state.params, "batch_stats": state.batch_stats}, data, "validation", config, mesh
             )
             scalars = {
@@ -365,27 +545,102 @@ def train_and_evaluate(
             writer.flush()
             print(
                 f"epoch {epoch + 1}/{num_epochs} done: "
-                + " ".join(f"{k} {v:.4f}" for k, v in scalars.items() if k.startswith(("train_", "val_"))),
+                + " ".join(f"{k} {v:.4f}" for k, v in scalars.items() if k.startswith(("train_", "val_")))
+                + f" lr {scalars['learning_rate']:.3g}",
                 flush=True,
             )
-            completed_epochs = step // steps_per_epoch
-            if step >= total_steps or completed_epochs % config.checkpoint.every_epochs == 0:
-                save({f"val_{k}": v for k, v in summary.items()})
+            if plateau:  # the next epoch's rate; the one logged above is the rate this epoch used
+                state = state.replace(opt_state=optim.set_lr_scale(state.opt_state, plateau.update(scalars)))
+            improved = stopper.update(scalars, step, epoch + 1) if stopper else False
+            stopped_early = bool(stopper and stopper.should_stop and step < total_steps)
+            last = step >= total_steps or stopped_early
+            metrics = {k: v for k, v in scalars.items() if k.startswith(("train_", "val_"))}
+            if stopper:
+                metrics[RANK] = float(stopper.improvements if improved else -1)
+            if last and stopper and config.early_stopping.restore_best and stopper.best_step != step:
+                # The run ends with the best epoch's weights: the final checkpoint holds them.
+                best = checkpoints.restore(stopper.best_step, state, items=("params", "batch_stats"))
+                state = state.replace(params=best["params"], batch_stats=best["batch_stats"])
+                metrics = {k: v for k, v in stopper.best_scalars.items() if k.startswith(("train_", "val_"))}
+                metrics[RANK] = float(stopper.improvements)
+                summary, computed, _ = evaluate_split(
+                    eval_step,
+                    {"params": state.params, "batch_stats": state.batch_stats},
+                    data,
+                    "validation",
+                    config,
+                    mesh,
+                )
+                print(f"Restored the weights of epoch {stopper.best_epoch} (best {stopper.monitor}).", flush=True)
+                save(metrics, stopped_early=stopped_early, restored_best_step=stopper.best_step)
+            elif last or improved or (step // steps_per_epoch) % config.checkpoint.every_epochs == 0:
+                save(metrics, stopped_early=stopped_early)
+            if stopped_early:
+                print(f"Early stopping: no {stopper.monitor} improvement in {stopper.patience} epochs.", flush=True)
             if jax.process_index() == 0:
-                plots.plot_curves(writers.read_rows(workdir / "metrics.jsonl"), workdir / "plots")
+                plots.plot_curves(writers.read_rows(workdir / "metrics.jsonl"), workdir / "plots", earlier_rows)
     writer.close()
     best = checkpoints.best_step()
     checkpoints.close()
+    stopping = {}
+    if stopper:
+        stopping = {"stopped_early": stopped_early, "stopped_epoch": step // steps_per_epoch if stopped_early else None}
+        stopping.update(best_epoch=stopper.best_epoch, best_value=stopper.best, monitor=stopper.monitor)
     _write_status(
         workdir,
         "finished",
         step=step,
+        epochs=-(-step // steps_per_epoch),
         train_time_s=train_time,
+        steps_per_s=(step - session_start - 1) / max(session_time - first_step_s, 1e-9),
+        peak_memory_mb=_peak_memory_mb(),
         best_step=best,
         final={f"val_{k}": v for k, v in summary.items()},
+        class_names=data.class_names,
+        confusion_matrix=np.asarray(computed["confusion"]).tolist(),
+        **run_facts,
+        **stopping,
     )
     print(f"Finished in {_format_time(train_time)} of training; workdir {workdir}.", flush=True)
     return summary
+
+
+def _l2_penalty(opt):
+    """The L2 term for the objective when weight decay means l2 (else None: nothing added)."""
+    if opt.weight_decay > 0 and optim.weight_decay_type(opt) == "l2":
+        return functools.partial(optim.l2_penalty, opt=opt)
+    return None
+
+
+def _checkpoint_config(config) -> ml_collections.ConfigDict:
+    """With early stopping, 'best' means the early-stopping best: that checkpoint is kept for restoring.
+
+    Its rank (the count of improvements so far; -1 for an epoch without one) rather than the raw
+    monitored value decides, because min_delta can make a slightly better value no improvement.
+    """
+    cfg = ml_collections.ConfigDict(config.checkpoint.to_dict())
+    if config.early_stopping.patience > 0:
+        cfg.best_metric, cfg.best_mode = RANK, "max"
+    return cfg
+
+
+def _init_from_rows(init_from: str) -> list[dict]:
+    """The per-epoch metrics of the run this one fine-tunes (plotted before its own)."""
+    if not init_from:
+        return []
+    location = Path(init_from).expanduser()
+    if location.parent.name == "checkpoints" and location.name.isdigit():
+        rows = writers.read_rows(location.parent.parent / "metrics.jsonl")
+        return [row for row in rows if row.get("step", 0) <= int(location.name)]
+    return writers.read_rows(location / "metrics.jsonl")
+
+
+def _peak_memory_mb() -> float:
+    """Peak accelerator memory where the device reports it (GPU), else the process's peak resident memory."""
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        return stats["peak_bytes_in_use"] / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def _module(path) -> tuple[str, ...]:
@@ -421,6 +676,10 @@ def _check_finite(loss: float, step: int, workdir: Path) -> None:
         )
 
 
-def _final_summary(workdir: Path) -> dict:
+def _final_summary(workdir: Path, mark_finished: bool = False) -> dict:
+    """The finished run's validation summary; `mark_finished` repairs a status left 'interrupted'
+    by a stop that came after the last checkpoint was written."""
     status = json.loads((workdir / "status.json").read_text()) if (workdir / "status.json").exists() else {}
+    if mark_finished and status.get("status") != "finished":
+        _write_status(workdir, "finished", **{k: v for k, v in status.items() if k not in ("status", "time")})
     return {k.removeprefix("val_"): v for k, v in status.get("final", {}).items()}
