@@ -2,7 +2,8 @@
 
 A user's mistake (bad config value, missing file, wrong workdir) prints one clear line and
 exits with status 2; a diverged run exits 3 and an interrupted one 130, so scripts and
-sweeps can tell them apart. LABJAX_DEBUG=1 shows full tracebacks.
+sweeps can tell them apart; a sweep with failed members exits 1. LABJAX_DEBUG=1 shows full
+tracebacks.
 """
 
 import os
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from labjax import config as config_lib
 
-EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
+EXIT_FAILED_MEMBERS, EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED = 1, 2, 3, 130
 
 
 def default_workdir(config_argument: str) -> Path:
@@ -31,10 +32,22 @@ def parse_flags(argv: list[str]) -> list[str]:
     """
     from absl import flags
 
+    overrides = saved_config_overrides(argv)
     try:
-        return flags.FLAGS(argv)
+        return flags.FLAGS([arg for arg in argv if arg not in overrides]) + overrides
     except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as error:
         _fail(ValueError(describe_flag_error(str(error), argv)), EXIT_USER_ERROR)
+
+
+def saved_config_overrides(argv: list[str]) -> list[str]:
+    """`--config.KEY=VALUE` arguments given without `--config=FILE`: overrides of a run's saved config.
+
+    --mode=eval and --mode=predict read the config the run saved in its workdir, so there is no
+    config file for ml_collections to apply them to; they pass through flag parsing to cli.run.
+    """
+    if any(arg == "--config" or arg.startswith("--config=") for arg in argv[1:]):
+        return []
+    return [arg for arg in argv[1:] if arg.startswith("--config.")]
 
 
 def describe_flag_error(message: str, argv: list[str]) -> str:
@@ -64,10 +77,10 @@ def enable_compilation_cache() -> None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
-def run(flags) -> None:
+def run(flags, overrides: list[str] = ()) -> None:
     from absl import logging
 
-    from labjax import data_check, evaluate, summary, train  # heavy imports after flag parsing
+    from labjax import data_check, evaluate, report, summary, sweep, train  # heavy imports after flag parsing
 
     if not flags["verbosity"].present:  # Orbax logs every file it writes at INFO
         logging.set_verbosity(logging.WARNING)
@@ -79,6 +92,14 @@ def run(flags) -> None:
                 config.keys()  # a config file that failed to load raises here
         except OSError as error:  # the config file could not be loaded
             raise FileNotFoundError(" ".join(str(error).split())) from None
+        if flags.mode != "sweep" and (flags.sweep or flags["parallel"].present or flags.vectorize):
+            raise config_lib.ConfigError(
+                f"--sweep, --parallel and --vectorize need --mode=sweep (not --mode={flags.mode})."
+            )
+        if overrides and flags.mode not in ("eval", "predict"):
+            raise config_lib.ConfigError(
+                f"{overrides[0]}: --config.KEY=VALUE needs --config=FILE with --mode={flags.mode}."
+            )
         if flags.mode in ("train", "data", "summary"):
             if config is None:
                 raise config_lib.ConfigError(
@@ -91,16 +112,50 @@ def run(flags) -> None:
                 summary.summarize(config, workdir)
             else:
                 train.train_and_evaluate(config, workdir, overwrite=flags.overwrite)
-        elif flags.mode == "eval":
+        elif flags.mode == "sweep":
+            if config is None:
+                raise config_lib.ConfigError(
+                    "--config is required with --mode=sweep, e.g. --config=configs/seg_mobilenet.py"
+                )
+            sweep.run_sweep(
+                flags["config"].config_filename,
+                flags.workdir,
+                flags.sweep,
+                flags["config"].override_values,
+                parallel=flags.parallel,
+                overwrite=flags.overwrite,
+                vectorize=flags.vectorize,
+            )
+        elif flags.mode == "report":
             if not flags.workdir:
-                raise config_lib.ConfigError("--workdir is required with --mode=eval (the run to evaluate).")
-            evaluate.evaluate(flags.workdir, flags.checkpoint, flags.split)
+                raise config_lib.ConfigError("--workdir is required with --mode=report (a run or a sweep folder).")
+            report.write_report(flags.workdir)
+        if flags.mode in ("eval", "predict"):
+            if config is not None:
+                raise config_lib.ConfigError(
+                    f"--mode={flags.mode} uses the config the run saved in its workdir; drop --config=FILE and give "
+                    "changes as --config.KEY=VALUE alone (e.g. --config.data.test_path=DIR)."
+                )
+            if not flags.workdir:
+                raise config_lib.ConfigError(f"--workdir is required with --mode={flags.mode} (the trained run).")
+        if flags.mode == "eval":
+            evaluate.evaluate(flags.workdir, flags.checkpoint, flags.split, overrides)
+        elif flags.mode == "predict":
+            from labjax import predict
+
+            if not flags.inputs:
+                raise config_lib.ConfigError("--inputs is required with --mode=predict: an image, a folder or a glob.")
+            predict.predict(flags.workdir, flags.inputs, flags.output, flags.checkpoint, overrides)
     except (ValueError, FileNotFoundError) as error:
         _fail(error, EXIT_USER_ERROR)
     except train.TrainingDiverged as error:
         _fail(error, EXIT_DIVERGED)
     except train.TrainingInterrupted as error:
         _fail(error, EXIT_INTERRUPTED)
+    except sweep.SweepInterrupted as error:
+        _fail(error, EXIT_INTERRUPTED)
+    except sweep.SweepIncomplete as error:
+        _fail(error, EXIT_FAILED_MEMBERS)
 
 
 def _fail(error: Exception, code: int) -> None:

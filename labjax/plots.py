@@ -9,24 +9,35 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def plot_curves(rows: list[dict], out_dir: Path) -> list[Path]:
-    """loss.png (train and validation per epoch) and one PNG per other metric."""
+def plot_curves(rows: list[dict], out_dir: Path, earlier_rows: list[dict] | None = None) -> list[Path]:
+    """loss.png (train and validation per epoch), one PNG per other metric, and learning_rate.png.
+
+    `earlier_rows` are the metrics of the run this one started from (fine-tuning with
+    init_from): drawn first, with this run's epochs after them and a line where it starts.
+    """
     rows = [row for row in rows if "epoch" in row]
+    earlier = [row for row in earlier_rows or [] if "epoch" in row]
     if not rows:
         return []
     out_dir.mkdir(parents=True, exist_ok=True)
-    epochs = [row["epoch"] for row in rows]
-    metrics = sorted({k.split("_", 1)[1] for row in rows for k in row if k.startswith(("train_", "val_"))})
+    offset = earlier[-1]["epoch"] if earlier else 0.0
+    joined = earlier + [{**row, "epoch": row["epoch"] + offset} for row in rows]
+    epochs = [row["epoch"] for row in joined]
+    metrics = sorted({k.split("_", 1)[1] for row in joined for k in row if k.startswith(("train_", "val_"))})
     written = []
-    for metric in metrics:
+    for metric, keys in [(m, (f"train_{m}", f"val_{m}")) for m in metrics] + [("learning_rate", ("learning_rate",))]:
         fig, ax = plt.subplots(figsize=(6, 4))
-        for prefix in ("train", "val"):
-            key = f"{prefix}_{metric}"
-            points = [(e, row[key]) for e, row in zip(epochs, rows) if isinstance(row.get(key), float)]
+        for key in keys:
+            points = [(e, row[key]) for e, row in zip(epochs, joined) if isinstance(row.get(key), float)]
             if points:
-                ax.plot(*zip(*points), marker="o", ms=3, label="validation" if prefix == "val" else "train")
+                label = {"val": "validation", "train": "train"}.get(key.split("_")[0], key)
+                ax.plot(*zip(*points), marker="o", ms=3, label=label)
+        if earlier:
+            ax.axvline(offset, color="gray", linestyle="--", label="fine-tuning starts")
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
+        if metric == "learning_rate" and all(row.get(metric, 0) > 0 for row in joined):
+            ax.set_yscale("log")  # schedules multiply the rate: steps show as equal drops
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
@@ -43,6 +54,28 @@ def _colorize(mask: np.ndarray, num_classes: int) -> np.ndarray:
     colored = palette[np.clip(mask, 0, num_classes - 1)]
     colored[(mask < 0) | (mask >= num_classes)] = 1.0  # ignored pixels white
     return colored
+
+
+def class_colors(num_classes: int) -> np.ndarray:
+    """uint8 (num_classes, 3) RGB: the colours the figures give the classes (class 0, background, black)."""
+    return np.round(_colorize(np.arange(num_classes), num_classes) * 255).astype(np.uint8)
+
+
+def plot_contact_sheet(images: list[np.ndarray], titles: list[str], path: Path, columns: int = 8) -> Path:
+    """A grid of images (uint8, any sizes) with a title each, e.g. a predicted class and its probability."""
+    columns = max(1, min(columns, len(images)))
+    rows = max(1, -(-len(images) // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(1.9 * columns, 2.1 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, image, title in zip(axes.ravel(), images, titles):
+        ax.imshow(image.squeeze(), cmap="gray" if image.shape[-1] == 1 else None, vmin=0, vmax=255)
+        ax.set_title(title, fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
 
 
 def _displayable(image: np.ndarray) -> np.ndarray:
@@ -89,6 +122,80 @@ def plot_segmentation_samples(
             ax.imshow(panel.squeeze(), cmap="gray" if panel.shape[-1] == 1 else None)
             ax.set_title(title, fontsize=9)
             ax.axis("off")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_confusion_matrix(matrix, class_names: list[str], path: Path) -> Path:
+    """Counts and row-normalised (each true class sums to 1) side by side; rows true, columns predicted."""
+    counts = np.asarray(matrix, np.float64)
+    totals = counts.sum(axis=1, keepdims=True)
+    normalised = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+    n = len(counts)
+    names = list(class_names) if len(class_names) == n else [str(i) for i in range(n)]
+    side = min(4 + 0.35 * n, 14)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * side + 1, side))
+    for ax, values, title, fmt in ((axes[0], counts, "counts", ".0f"), (axes[1], normalised, "row-normalised", ".2f")):
+        image = ax.imshow(values, cmap="Blues", vmin=0)
+        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+        ax.set(title=title, xlabel="predicted", ylabel="true", xticks=range(n), yticks=range(n))
+        ax.set_xticklabels(names, rotation=90, fontsize=8)
+        ax.set_yticklabels(names, fontsize=8)
+        if n <= 15:  # numbers stay readable
+            high = values.max() if values.size else 0
+            for (i, j), value in np.ndenumerate(values):
+                color = "white" if value > high / 2 else "black"
+                ax.text(j, i, format(value, fmt), ha="center", va="center", fontsize=7, color=color)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_overlaid_curves(series: list[tuple[str, str, list[dict]]], metrics: list[str], title: str, path: Path) -> Path:
+    """Per metric a panel with one line per run, coloured by its group (a sweep axis' value).
+
+    `series` holds (run name, group, metrics rows); the legend names the groups, so 21 runs
+    over 3 learning rates read as 3 colours.
+    """
+    groups = list(dict.fromkeys(group for _, group, _ in series))
+    colors = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20")(np.arange(len(groups)) % 20)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        labelled = set()
+        for _, group, rows in series:
+            points = [(row["epoch"], row[metric]) for row in rows if isinstance(row.get(metric), float)]
+            if not points:
+                continue
+            label = None if group in labelled else group
+            labelled.add(group)
+            ax.plot(*zip(*points), marker="o", ms=2, alpha=0.8, color=colors[groups.index(group)], label=label)
+        ax.set(xlabel="epoch", ylabel=metric, title=f"{metric} by {title}")
+        ax.grid(alpha=0.3)
+        if labelled:
+            ax.legend(fontsize=8, title=title, title_fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_bars(names: list[str], quantities: dict[str, list], path: Path) -> Path:
+    """One bar panel per quantity (memory, parameters, time, accuracy...) with a bar per run; None left blank."""
+    fig, axes = plt.subplots(1, len(quantities), figsize=(max(4, 0.45 * len(names) + 2) * len(quantities), 4.5))
+    axes = np.atleast_1d(axes)
+    for ax, (quantity, values) in zip(axes, quantities.items()):
+        heights = [np.nan if value is None else float(value) for value in values]
+        ax.bar(range(len(names)), heights, color="tab:blue")
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
+        ax.set_title(quantity)
+        ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)

@@ -1,0 +1,602 @@
+"""Sweeps: expand a config's get_sweep and --sweep products into members, run them, resume them.
+
+A member is (run name, overrides, config): a fresh get_config(arg) with the command line's
+--config.KEY=VALUE and then the member's overrides applied and type-checked, so an unknown
+key, a wrong type, an empty product or two members with one name fail before anything
+trains. Each member trains into DIR/<run name>/, a normal workdir; DIR/sweep.json records
+every member's status, so a second call skips finished members and resumes the others.
+
+Members run as `launch.py` child processes (a crash or a kill is recorded and the sweep goes
+on), N at a time with --parallel=N, each pinned to its share of the CPU cores (or its own
+GPU when there are several); --parallel=0 runs them one after another in this process.
+"""
+
+import ast
+import dataclasses
+import difflib
+import importlib.util
+import itertools
+import json
+import os
+import shutil
+import signal
+import string
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from pathlib import Path
+
+import ml_collections
+from absl import flags as absl_flags
+from ml_collections.config_flags import config_path
+
+from labjax import cli
+from labjax import config as config_lib
+
+STATUSES = ("pending", "running", "finished", "diverged", "failed", "interrupted")
+DONE = ("finished", "diverged")  # a diverged member diverges again from the same start: not re-run
+LAUNCH = Path(__file__).resolve().parents[1] / "launch.py"
+# How a string from the command line becomes a value of the field's type (as config_flags does).
+PARSERS = {
+    float: absl_flags.FloatParser(),
+    int: absl_flags.IntegerParser(),
+    bool: absl_flags.BooleanParser(),
+}
+
+
+class SweepInterrupted(RuntimeError):
+    """Ctrl-C or SIGTERM stopped the sweep; running members saved a checkpoint and resume next time."""
+
+
+class SweepIncomplete(RuntimeError):
+    """Some members failed (crashed, were killed or had a config error); sweep.json holds their errors."""
+
+
+@dataclasses.dataclass
+class Member:
+    """One run of a sweep: its folder name, the overrides that define it and its full config."""
+
+    name: str
+    overrides: dict
+    config: ml_collections.ConfigDict
+
+
+def default_workdir(config_argument: str) -> Path:
+    """configs/seg_mobilenet.py:smoke -> runs/seg_mobilenet_smoke_sweep."""
+    base = cli.default_workdir(config_argument)
+    return base.with_name(base.name + "_sweep")
+
+
+def load_config_module(config_argument: str):
+    """The module of `configs/NAME.py[:ARG]` and ARG (None when absent)."""
+    path, _, arg = config_argument.partition(":")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--config={config_argument}: no such config file {path!r}.")
+    spec = importlib.util.spec_from_file_location(f"labjax_sweep_config_{Path(path).stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module, arg or None
+
+
+def parse_sweep_flag(text: str) -> tuple[str, list]:
+    """`--sweep=KEY=V1,V2,...` (or `KEY=[v1, v2]`, a Python list for values holding commas) -> (KEY, values)."""
+    key, equals, values = text.partition("=")
+    key = key.strip().removeprefix("config.")
+    if not equals or not key:
+        raise config_lib.ConfigError(f"--sweep={text!r}: expected KEY=VALUE,VALUE,... e.g. optimizer.name=adam,sgd.")
+    values = values.strip()
+    if values.startswith("["):
+        try:
+            parsed = ast.literal_eval(values)
+        except (SyntaxError, ValueError) as error:
+            raise config_lib.ConfigError(f"--sweep={text!r}: {values!r} is not a list of values ({error}).") from None
+    else:
+        parsed = [value.strip() for value in values.split(",")] if values else []
+    if not parsed:
+        raise config_lib.ConfigError(f"--sweep={text!r}: no values for {key}, so the product of the sweep is empty.")
+    return key, list(parsed)
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: dict, source: str = "sweep") -> None:
+    """Sets dotted keys on `config` with config_flags' type rules; strings are parsed to the field's type.
+
+    Raises ConfigError naming the key, the value and what was expected (with a suggestion for
+    a mistyped key), so a bad member fails before any member trains.
+    """
+    known = config_lib.flatten(config_lib.to_dict(config))
+    for key, value in overrides.items():
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise config_lib.ConfigError(f"{source}: the config has no key {key!r}.{hint}")
+        field_type = type(config_path.get_value(key, config))
+        try:
+            if isinstance(value, str) and field_type is not str and field_type in PARSERS:
+                value = PARSERS[field_type].parse(value)
+            if isinstance(value, bool) and field_type is not bool:
+                raise TypeError(f"{value!r} is a bool")
+            config_path.set_value(key, config, value)
+        except (TypeError, ValueError) as error:
+            raise config_lib.ConfigError(
+                f"{source}: config.{key}={value!r} is invalid: expected {field_type.__name__} ({error})."
+            ) from None
+
+
+def _format_value(value) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def default_name(overrides: dict) -> str:
+    """`k=v` joined with commas, e.g. `optimizer.name=adam,optimizer.learning_rate=0.001` ('/' in values -> '_')."""
+    name = ",".join(f"{key}={_format_value(value)}" for key, value in overrides.items())
+    return name.replace("/", "_") or "default"
+
+
+def template_name(template: str, overrides: dict, config: ml_collections.ConfigDict) -> str:
+    """Formats RUN_NAME with dotted keys; a key absent from the member's overrides is dropped with its separator.
+
+    The text before a key goes with it: `{optimizer.name}_{optimizer.learning_rate}_{optimizer.b1}`
+    gives `sgd_0.01` for a member that sets only the name and the learning rate, and
+    `lr{optimizer.learning_rate}-s{seed}` gives `s3` for one that sets only the seed. Values
+    come from the member's config, so `0.010` on the command line and `1e-2` in get_sweep
+    name the same run.
+    """
+    name, first, suffix, used = "", True, "", False
+    for literal, field, spec, conversion in string.Formatter().parse(template):
+        if field is None:
+            suffix = literal
+            continue
+        if field in overrides:
+            value = config_path.get_value(field, config)
+            if conversion:
+                value = {"r": repr, "s": str, "a": ascii}[conversion](value)
+            text = format(value, spec) if spec else _format_value(value)
+            name += (literal if used or first else literal.lstrip("_-., ")) + text
+            used = True
+        first = False
+    return name + suffix if used else default_name(overrides)
+
+
+def _check_name(name, member: dict) -> None:
+    if not isinstance(name, str) or not name.strip() or name in (".", "..") or "/" in name or "\0" in name:
+        raise config_lib.ConfigError(
+            f"sweep member {member}: run name {name!r} cannot be a folder name (empty, '.', '..' or with '/')."
+        )
+    if len(name.encode()) > 200:
+        raise config_lib.ConfigError(f"sweep member {member}: run name {name[:60]!r}... is over 200 bytes.")
+
+
+def member_name(module, typed: dict, named_keys: set, config: ml_collections.ConfigDict) -> str:
+    """The config's run_name(overrides) or RUN_NAME for its own keys, else `k=v`; --sweep keys on top as `,k=v`.
+
+    A config names the members of its get_sweep; keys a --sweep product adds to them are
+    appended, so `--sweep=seed=0,1` over S0 gives `sgd_0.01,seed=0` and `sgd_0.01,seed=1`.
+    """
+    named = {key: value for key, value in typed.items() if key in named_keys}
+    extra = {key: value for key, value in typed.items() if key not in named_keys}
+    if named and hasattr(module, "run_name"):
+        name = module.run_name(named)
+    elif named and hasattr(module, "RUN_NAME"):
+        name = template_name(module.RUN_NAME, named, config)
+    else:
+        name = default_name(named) if named else ""
+    return ",".join(part for part in (name, default_name(extra) if extra else "") if part) or "default"
+
+
+def _config_sweep(module, arg) -> list[dict]:
+    if not hasattr(module, "get_sweep"):
+        return [{}]
+    members = list(module.get_sweep(arg))
+    if not members:
+        raise config_lib.ConfigError(f"{module.__file__}: get_sweep({arg!r}) yielded no members (an empty sweep).")
+    for member in members:
+        if not isinstance(member, dict):
+            raise config_lib.ConfigError(f"{module.__file__}: get_sweep yielded {member!r}; expected a dict.")
+    return members
+
+
+def expand(config_argument: str, sweep_flags=(), base_overrides: dict | None = None) -> list[Member]:
+    """Every member of the sweep, in order: the config's get_sweep times the product of the --sweep flags.
+
+    Each member's config is validated (model, optimizer, values) before it is returned; what
+    needs the data or the devices is checked by the member's own run.
+    """
+    module, arg = load_config_module(config_argument)
+    axes = [parse_sweep_flag(text) for text in sweep_flags]
+    keys = [key for key, _ in axes]
+    if len(set(keys)) < len(keys):
+        raise config_lib.ConfigError(f"--sweep names a key twice: {keys}; give all its values in one flag.")
+    if not hasattr(module, "get_sweep") and not axes:
+        raise config_lib.ConfigError(
+            f"{config_argument}: nothing to sweep; the config defines no get_sweep() "
+            "and no --sweep=KEY=V1,V2 was given."
+        )
+    products = [dict(zip(keys, values)) for values in itertools.product(*[values for _, values in axes])]
+    members, names = [], {}
+    for own, product in itertools.product(_config_sweep(module, arg), products):
+        overrides = {**own, **product}
+        config = module.get_config(arg)
+        apply_overrides(config, dict(base_overrides or {}), "--config")
+        apply_overrides(config, overrides, f"sweep member {overrides}")
+        typed = {key: config_path.get_value(key, config) for key in overrides}
+        name = member_name(module, typed, set(own) if hasattr(module, "get_sweep") else set(typed), config)
+        _check_name(name, overrides)
+        if name in names:
+            raise config_lib.ConfigError(
+                f"two sweep members are both named {name!r}: {names[name]} and {typed}; "
+                "give them distinct run names (RUN_NAME or run_name in the config)."
+            )
+        try:
+            config_lib.validate(config, num_devices=1)  # the device count is the member's to check
+        except config_lib.ConfigError as error:
+            raise config_lib.ConfigError(f"sweep member {name!r}: {error}") from None
+        config.lock()
+        names[name] = typed
+        members.append(Member(name, typed, config))
+    return members
+
+
+def _cli_value(value) -> str:
+    return _format_value(value) if isinstance(value, bool) else repr(value) if isinstance(value, float) else str(value)
+
+
+def child_command(config_argument: str, overrides: dict, workdir: Path, overwrite: bool = False) -> list[str]:
+    """The launch.py command that trains one member (its --config.KEY=VALUE flags round-trip exactly)."""
+    flags = [f"--config.{key}={_cli_value(value)}" for key, value in overrides.items()]
+    return [
+        sys.executable,
+        str(LAUNCH),
+        f"--config={config_argument}",
+        *flags,
+        f"--workdir={workdir}",
+        *(["--overwrite"] if overwrite else []),
+    ]
+
+
+def visible_gpus() -> list[str]:
+    """GPU ids the children may use: CUDA_VISIBLE_DEVICES if set, else what nvidia-smi lists."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "").strip():
+        return [gpu.strip() for gpu in os.environ["CUDA_VISIBLE_DEVICES"].split(",") if gpu.strip()]
+    if not shutil.which("nvidia-smi"):
+        return []
+    result = subprocess.run(
+        ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True, text=True, timeout=60
+    )
+    return result.stdout.split() if result.returncode == 0 else []
+
+
+def child_resources(slot: int, parallel: int, cpus: list[int], gpus: list[str]) -> tuple[list[int], dict]:
+    """The CPU cores and environment of the child in `slot` of `parallel` concurrent ones.
+
+    Cores are split evenly (XLA's and TensorFlow's thread pools size themselves to the cores
+    a process may run on); with several GPUs each child sees one, and children sharing a GPU
+    share its memory instead of each pre-allocating most of it.
+    """
+    if parallel <= 1:
+        return cpus, {}
+    share = max(1, len(cpus) // parallel)
+    start = (slot * share) % len(cpus)
+    cores = cpus[start : start + share]
+    threads = str(len(cores))
+    env = {"OMP_NUM_THREADS": threads, "TF_NUM_INTRAOP_THREADS": threads, "TF_NUM_INTEROP_THREADS": "1"}
+    if gpus:
+        env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
+        sharing = -(-parallel // len(gpus))
+        if sharing > 1:
+            env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{0.9 / sharing:.2f}"
+    return cores, env
+
+
+def _format_seconds(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def _error_line(lines) -> str | None:
+    """The 'error: ...' line launch.py prints for a user error, divergence or interruption."""
+    found = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
+    return found[-1] if found else None
+
+
+def outcome(returncode: int, lines) -> tuple[str, str | None]:
+    """A member's status and error from its exit status and last lines of output."""
+    lines = list(lines)
+    if returncode == 0:
+        return "finished", None
+    if returncode == cli.EXIT_DIVERGED:
+        return "diverged", _error_line(lines) or "diverged"
+    if returncode in (cli.EXIT_INTERRUPTED, -signal.SIGINT, -signal.SIGTERM):
+        return "interrupted", _error_line(lines) or "interrupted"
+    tail = "\n".join(lines[-15:])
+    if returncode < 0:
+        name = signal.Signals(-returncode).name
+        hint = " (out of memory?)" if -returncode == signal.SIGKILL else ""
+        return "failed", f"killed by {name}{hint}\n{tail}".strip()
+    return "failed", _error_line(lines) or f"exit status {returncode}\n{tail}".strip()
+
+
+class SweepRecord:
+    """DIR/sweep.json: the members, their overrides, status, error and times; written atomically."""
+
+    def __init__(self, workdir: Path, config_argument: str, base_overrides: dict, sweep_flags, overwrite: bool):
+        self.path = workdir / "sweep.json"
+        saved = json.loads(self.path.read_text()) if self.path.exists() and not overwrite else {}
+        if saved and saved.get("config") != config_argument:
+            raise config_lib.ConfigError(
+                f"{workdir} holds a sweep of --config={saved.get('config')}, not {config_argument}; "
+                "use another --workdir, or --overwrite to start that sweep again."
+            )
+        self.data = {
+            "config": config_argument,
+            "overrides": base_overrides,
+            "sweep": list(sweep_flags),
+            "members": saved.get("members", []),
+        }
+        self.workdir = workdir
+
+    def entries(self, members: list[Member]) -> list[dict]:
+        """One entry per member, saved state kept; entries of members no longer in the sweep stay at the end."""
+        saved = {entry["name"]: entry for entry in self.data["members"]}
+        entries = []
+        for member in members:
+            entry = saved.pop(member.name, None) or {"name": member.name, "status": "pending", "error": None}
+            entry.setdefault("time_s", 0.0)
+            entry.setdefault("attempts", 0)
+            entry["overrides"] = member.overrides
+            entries.append(entry)
+        self.data["members"] = entries + list(saved.values())
+        return entries
+
+    def save(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.data["updated"] = time.time()
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.data, indent=2))
+        tmp.replace(self.path)
+
+
+def _is_done(entry: dict, member: Member, workdir: Path) -> bool:
+    """Finished (or diverged) with the same config: skipped. A raised num_epochs makes a finished run go on."""
+    saved = workdir / member.name / "config.json"
+    if entry["status"] not in DONE or not saved.exists():
+        return False
+    current = config_lib.flatten(config_lib.to_dict(member.config))
+    return config_lib.flatten(json.loads(saved.read_text())) == current
+
+
+class _Signals:
+    """Counts SIGINT/SIGTERM while the sweep runs: the first stops it cleanly, the second kills the children."""
+
+    def __init__(self):
+        self.count, self.previous = 0, {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.count += 1
+        print(
+            f"\n[sweep] {signal.Signals(signum).name}: "
+            + ("stopping the running members (they save a checkpoint)..." if self.count == 1 else "killing them."),
+            flush=True,
+        )
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+class _Child:
+    """A member's launch.py process; a thread copies its output to DIR/<name>/sweep.log and keeps the tail."""
+
+    def __init__(self, entry: dict, command: list[str], log_path: Path, cores, env: dict, echo: bool, overwrite):
+        self.entry, self.tail, self.started = entry, deque(maxlen=40), time.time()
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.log = log_path.open("w" if overwrite else "a")
+        everything = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, cores)  # the child inherits this thread's cores
+        try:
+            # Its own session: a terminal's Ctrl-C reaches only the sweep, which forwards exactly one SIGINT.
+            self.process = subprocess.Popen(
+                command,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env={**os.environ, **env},
+                start_new_session=True,
+            )
+        finally:
+            os.sched_setaffinity(0, everything)
+        self.thread = threading.Thread(target=self._pump, args=(echo,), daemon=True)
+        self.thread.start()
+
+    def _pump(self, echo: bool) -> None:
+        for line in self.process.stdout:
+            self.log.write(line)
+            self.log.flush()
+            self.tail.append(line.rstrip("\n"))
+            if echo:
+                print(line, end="", flush=True)
+
+    def finish(self) -> tuple[str, str | None]:
+        self.thread.join()
+        self.log.close()
+        return outcome(self.process.returncode, self.tail)
+
+
+def _record(record: SweepRecord, entry: dict, status: str, error: str | None, started: float) -> None:
+    entry.pop("pid", None)
+    entry.update(status=status, error=error, ended=time.time())
+    entry["time_s"] = entry.get("time_s", 0.0) + time.time() - started
+    record.save()
+    note = f": {error.splitlines()[0]}" if error else ""
+    print(f"[sweep] {entry['name']}: {status} after {_format_seconds(time.time() - started)}{note}", flush=True)
+
+
+def _run_processes(todo, record, workdir, config_argument, base_overrides, parallel, overwrite) -> bool:
+    """Runs members as launch.py children, `parallel` at a time; False when a signal stopped the sweep."""
+    cpus, gpus = sorted(os.sched_getaffinity(0)), (visible_gpus() if parallel > 1 else [])
+    pending, running, stopped_at = deque(todo), {}, 0
+    with _Signals() as signals:
+        try:
+            while pending or running:
+                if signals.count > stopped_at:  # forward once per Ctrl-C: first SIGINT (checkpoint), then SIGKILL
+                    stopped_at = signals.count
+                    for child in running.values():
+                        child.process.send_signal(signal.SIGINT if signals.count == 1 else signal.SIGKILL)
+                free = [slot for slot in range(max(parallel, 1)) if slot not in running]
+                while pending and free and not signals.count:
+                    member, entry = pending.popleft()
+                    slot = free.pop(0)
+                    cores, env = child_resources(slot, parallel, cpus, gpus)
+                    overrides = {**base_overrides, **member.overrides}
+                    command = child_command(config_argument, overrides, workdir / member.name, overwrite)
+                    log = workdir / member.name / "sweep.log"
+                    print(f"[sweep] {member.name}: started (log {log})", flush=True)
+                    running[slot] = _Child(entry, command, log, cores, env, echo=parallel <= 1, overwrite=overwrite)
+                    entry.update(status="running", error=None, started=time.time(), attempts=entry["attempts"] + 1)
+                    entry["pid"] = running[slot].process.pid  # which process trains it, while it runs
+                    record.save()
+                for slot, child in list(running.items()):
+                    if child.process.poll() is not None:
+                        del running[slot]
+                        status, error = child.finish()
+                        if signals.count and status == "failed":  # stopped by us before its own handler was set
+                            status = "interrupted"
+                        _record(record, child.entry, status, error, child.started)
+                time.sleep(0.1)
+        finally:  # the sweep itself failed: its children are in their own sessions and would run on
+            for child in running.values():
+                child.process.send_signal(signal.SIGINT)
+            for child in running.values():
+                try:
+                    child.process.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    child.process.kill()
+    return signals.count == 0
+
+
+def _run_in_process(todo, record, workdir, overwrite) -> bool:
+    """Runs members one after another in this process (no start-up per member; a hard crash ends the sweep)."""
+    from labjax import train
+
+    for member, entry in todo:
+        started = time.time()
+        entry.update(status="running", error=None, started=started, attempts=entry["attempts"] + 1)
+        record.save()
+        print(f"[sweep] {member.name}: started", flush=True)
+        try:
+            train.train_and_evaluate(member.config, workdir / member.name, overwrite=overwrite)
+            _record(record, entry, "finished", None, started)
+        except train.TrainingDiverged as error:
+            _record(record, entry, "diverged", str(error), started)
+        except (train.TrainingInterrupted, KeyboardInterrupt) as error:
+            _record(record, entry, "interrupted", str(error) or "KeyboardInterrupt", started)
+            return False
+        except Exception as error:  # noqa: BLE001 - a crashing member is recorded and the sweep goes on
+            tail = "".join(traceback.format_exc().splitlines(keepends=True)[-15:])
+            message = str(error) if isinstance(error, ValueError | FileNotFoundError) else tail
+            _record(record, entry, "failed", message.strip(), started)
+    return True
+
+
+def _run_vectorized(todo, record, workdir) -> tuple[bool, list]:
+    """Trains the groups of two or more members vectorized; returns (not interrupted, members left to run).
+
+    A vectorized group trains from scratch, so an interrupted one restarts its unfinished members.
+    """
+    from labjax import vectorize
+
+    entries = {member.name: entry for member, entry in todo}
+    groups = vectorize.group_members([member for member, _ in todo])
+    together = [group for group in groups if len(group) > 1]
+    if not together:
+        reason = vectorize.why_not_vectorized([member for member, _ in todo])
+        print(f"[sweep] --vectorize: nothing to vectorize ({reason}); running the members one by one.", flush=True)
+        return True, todo
+    print(
+        f"[sweep] --vectorize: {len(together)} group(s) of {[len(g) for g in together]} members in one program each"
+        + (f", {sum(len(g) == 1 for g in groups)} alone" if len(together) < len(groups) else ""),
+        flush=True,
+    )
+    starts = {}
+
+    def on_start(member):
+        starts[member.name] = time.time()
+        entry = entries[member.name]
+        entry.update(status="running", error=None, started=starts[member.name], attempts=entry["attempts"] + 1)
+        record.save()
+
+    def on_end(member, status, error):
+        _record(record, entries[member.name], status, error, starts[member.name])
+
+    completed = vectorize.run_groups(together, workdir, on_start, on_end)
+    alone = {group[0].name for group in groups if len(group) == 1}
+    return completed, [(member, entry) for member, entry in todo if member.name in alone]
+
+
+def run_sweep(
+    config_argument: str,
+    workdir: str | Path | None = None,
+    sweep_flags=(),
+    base_overrides: dict | None = None,
+    *,
+    parallel: int = 1,
+    overwrite: bool = False,
+    report: bool = True,
+    vectorize: bool = False,
+) -> dict:
+    """Runs (or resumes) every member of the sweep into workdir/<run name>/; returns sweep.json's content.
+
+    Finished and diverged members with an unchanged config are skipped; interrupted, failed
+    and pending ones run (resuming from their checkpoints). At the end the report is written.
+    Raises SweepInterrupted after Ctrl-C (running members checkpointed) and SweepIncomplete
+    when members failed; sweep.json is saved first either way. With `vectorize`, members that
+    share a program structure train together in this process (labjax/vectorize.py); the rest
+    run as without it.
+    """
+    if parallel < 0:
+        raise config_lib.ConfigError(f"--parallel={parallel} is invalid: expected 0 (in this process) or N >= 1.")
+    base_overrides = dict(base_overrides or {})
+    members = expand(config_argument, sweep_flags, base_overrides)
+    workdir = Path(workdir) if workdir else default_workdir(config_argument)
+    record = SweepRecord(workdir, config_argument, base_overrides, sweep_flags, overwrite)
+    entries = record.entries(members)
+    todo = [(m, e) for m, e in zip(members, entries) if overwrite or not _is_done(e, m, workdir)]
+    for _, entry in todo:
+        if entry["status"] == "running":  # a sweep that was killed: the member resumes
+            entry["status"] = "interrupted"
+    record.save()
+    skipped = len(members) - len(todo)
+    print(
+        f"[sweep] {len(members)} members into {workdir}"
+        + (f" ({skipped} already done, skipped)" if skipped else "")
+        + (f", {parallel} at a time" if parallel > 1 else ""),
+        flush=True,
+    )
+    completed, alone = _run_vectorized(todo, record, workdir) if vectorize else (True, todo)
+    if completed and parallel == 0:
+        completed = _run_in_process(alone, record, workdir, overwrite)
+    elif completed:
+        completed = _run_processes(alone, record, workdir, config_argument, base_overrides, parallel, overwrite)
+    counts = {status: sum(e["status"] == status for e in entries) for status in STATUSES}
+    print("[sweep] " + ", ".join(f"{n} {status}" for status, n in counts.items() if n), flush=True)
+    if report:
+        from labjax import report as report_lib
+
+        try:
+            report_lib.write_report(workdir)
+        except Exception as error:  # noqa: BLE001 - the sweep's results stand without their report
+            print(f"[sweep] the report failed: {type(error).__name__}: {error}", flush=True)
+    if not completed:
+        raise SweepInterrupted(f"the sweep was stopped; run the same command to resume it ({record.path}).")
+    failed = [e["name"] for e in entries if e["status"] in ("failed", "interrupted")]
+    if failed:
+        raise SweepIncomplete(f"{len(failed)} of {len(entries)} members did not finish: {failed}; see {record.path}.")
+    return record.data
