@@ -110,7 +110,7 @@ def _one_step_losses(config, **step_options):
 
 def test_bfloat16_compute_keeps_float32_params_and_tracks_the_float32_loss():
     config = _config()
-    config.model.name, config.model.layers = "spec_cnn", "proposed"  # with BatchNorm
+    config.model.name, config.model.layers = "spec_cnn", "arch4"  # with BatchNorm
     _, state32, loss32 = _one_step_losses(config)
     _, state16, loss16 = _one_step_losses(config, compute_dtype="bfloat16")
     assert {x.dtype for x in jax.tree.leaves(state16.params)} == {jnp.dtype("float32")}
