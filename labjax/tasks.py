@@ -29,7 +29,7 @@ def per_label_loss(logits: jax.Array, labels: jax.Array, mask: jax.Array, smooth
     logits = logits.astype(jnp.float32)
     classes = jnp.arange(logits.shape[-1])
     picked = jnp.sum(jnp.where(labels[..., None] == classes, logits, 0.0), axis=-1)
-    if smoothing:
+    if not (isinstance(smoothing, int | float) and smoothing == 0):  # a traced value (vectorized sweeps) too
         picked = (1 - smoothing) * picked + smoothing * logits.mean(axis=-1)
     loss = jax.nn.logsumexp(logits, axis=-1) - picked
     return jnp.where(mask, loss, 0.0)

@@ -109,21 +109,15 @@ def train_step_fn(
     weights = None if class_weights is None else jnp.asarray(class_weights, jnp.float32)
     dtype = jnp.dtype(compute_dtype)
 
-    def label_loss(logits, labels, mask):
-        if isinstance(label_smoothing, jax.Array):  # traced: no Python branch on it; the loss is linear in s
-            plain = tasks.per_label_loss(logits, labels, mask)
-            return (1 - label_smoothing) * plain + label_smoothing * tasks.per_label_loss(logits, labels, mask, 1.0)
-        return tasks.per_label_loss(logits, labels, mask, label_smoothing)
-
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, tasks.TrainMetrics]:
         labels = batch["label"]
         mask = tasks.label_mask(labels, jnp.ones(labels.shape[:1], bool), num_classes)
 
         def objective(logits):
-            losses = label_loss(logits, labels, mask)
+            losses = tasks.per_label_loss(logits, labels, mask, label_smoothing)
             if "mix" in batch:
                 mix = batch["mix"].reshape(batch["mix"].shape + (1,) * (labels.ndim - 1))
-                second = label_loss(logits, batch["label_b"], mask)
+                second = tasks.per_label_loss(logits, batch["label_b"], mask, label_smoothing)
                 losses = mix * losses + (1 - mix) * second
             if weights is None:
                 return losses.sum() / jnp.maximum(mask.sum(), 1), losses

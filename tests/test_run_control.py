@@ -94,6 +94,8 @@ def test_label_smoothing_loss_matches_optax_with_smoothed_targets():
     mask = jnp.ones(6, bool)
     expected = optax.softmax_cross_entropy(logits, optax.smooth_labels(jax.nn.one_hot(labels, 5), 0.1))
     np.testing.assert_allclose(tasks.per_label_loss(logits, labels, mask, 0.1), expected, rtol=1e-6)
+    traced = jax.jit(lambda s: tasks.per_label_loss(logits, labels, mask, s))  # vectorized sweeps pass arrays
+    np.testing.assert_allclose(traced(jnp.float32(0.1)), expected, rtol=1e-6)
 
 
 def _one_step_losses(config, **step_options):
