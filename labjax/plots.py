@@ -9,19 +9,24 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+def join_phases(rows: list[dict], earlier_rows: list[dict] | None) -> tuple[list[dict], float]:
+    """Per-epoch rows of an earlier run then this one's, this run's epochs shifted after them; and the shift."""
+    earlier = [row for row in earlier_rows or [] if "epoch" in row]
+    offset = earlier[-1]["epoch"] if earlier else 0.0
+    return earlier + [{**row, "epoch": row["epoch"] + offset} for row in rows if "epoch" in row], offset
+
+
 def plot_curves(rows: list[dict], out_dir: Path, earlier_rows: list[dict] | None = None) -> list[Path]:
     """loss.png (train and validation per epoch), one PNG per other metric, and learning_rate.png.
 
     `earlier_rows` are the metrics of the run this one started from (fine-tuning with
     init_from): drawn first, with this run's epochs after them and a line where it starts.
     """
-    rows = [row for row in rows if "epoch" in row]
-    earlier = [row for row in earlier_rows or [] if "epoch" in row]
-    if not rows:
+    if not any("epoch" in row for row in rows):
         return []
     out_dir.mkdir(parents=True, exist_ok=True)
-    offset = earlier[-1]["epoch"] if earlier else 0.0
-    joined = earlier + [{**row, "epoch": row["epoch"] + offset} for row in rows]
+    joined, offset = join_phases(rows, earlier_rows)
+    earlier = offset > 0
     epochs = [row["epoch"] for row in joined]
     metrics = sorted({k.split("_", 1)[1] for row in joined for k in row if k.startswith(("train_", "val_"))})
     written = []

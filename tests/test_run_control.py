@@ -10,7 +10,7 @@ import optax
 import pytest
 
 from configs import fashion3_cnn
-from labjax import checkpoints, parallel, tasks, train, writers
+from labjax import checkpoints, parallel, plots, tasks, train, writers
 from labjax import config as config_lib
 from labjax.data import pipeline
 from labjax.models import create_model
@@ -145,6 +145,9 @@ def test_fine_tuning_starts_from_a_finished_run_and_joins_its_curves(tmp_path):
     train.train_and_evaluate(config, second)
     parent_rows = train._init_from_rows(str(first))
     assert [row["epoch"] for row in parent_rows] == [1.0, 2.0]
+    joined, start = plots.join_phases(_rows(second), parent_rows)
+    assert start == 2.0 and [row["epoch"] for row in joined] == [1.0, 2.0, 3.0]
+    assert joined[-1]["learning_rate"] == pytest.approx(2e-3)  # the fine-tuning phase's own rate
     assert (second / "plots" / "loss.png").exists()
     status = _status(second)
     assert status["num_params"] == status["trainable_params"] > 0
