@@ -52,7 +52,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # ~1e-3, and evaluation would predict background everywhere. 0.9 is PyTorch's default.
     config.model.bn_momentum = 0.9
 
-    config.optimizer.name = "adam"  # sgd | adam | adamax
+    config.optimizer.name = "adam"  # the S0 sweep: sgd | adam | adamax (any of labjax.optim.OPTIMIZERS works)
     config.optimizer.learning_rate = 1e-3
 
     config.batch_size = 32
