@@ -21,6 +21,7 @@ import ml_collections
 from labjax.models import densenet, efficientnet, inception_v3, mobilenet_v2, resnet, small_nets, vgg, xception
 from labjax.models.small_cnn import SmallCNN
 from labjax.models.unet import MobileNetV2UNet, ResNet50UNet
+from labjax.weights import via_keras
 
 HEAD_MODULES = ("head_dropout", "head_dense")  # the new head's modules (never in a Keras file)
 POOLINGS = ("avg", "max")
@@ -185,8 +186,16 @@ def module_order(
     return list(order)
 
 
-def frozen_modules(model_config: ml_collections.ConfigDict, order: list[tuple[str, ...]]) -> set[tuple[str, ...]]:
-    """Module paths `model.freeze` freezes: none | backbone | fraction:F (all but the last F) | regex:A,B."""
+def frozen_modules(
+    model_config: ml_collections.ConfigDict,
+    order: list[tuple[str, ...]],
+    keras_layers: list[tuple[str, bool]] | None = None,
+) -> set[tuple[str, ...]]:
+    """Module paths `model.freeze` freezes: none | backbone | fraction:F (all but the last F) | regex:A,B.
+
+    fraction:F counts the layers of `keras_layers` ((name, has weights) of the Keras base, activations
+    and pooling included, as Keras' `base_model.layers`) where given, else the modules with weights.
+    """
     import re
 
     spec = model_config.freeze
@@ -199,6 +208,10 @@ def frozen_modules(model_config: ml_collections.ConfigDict, order: list[tuple[st
     kind, _, value = spec.partition(":")
     if kind == "fraction":
         fraction = float(value)
+        if keras_layers:
+            cut = len(keras_layers) - round(fraction * len(keras_layers))
+            names = {name for name, has_weights in keras_layers[:cut] if has_weights}
+            return {p for p in backbone if p[-1] in names}
         trainable = round(fraction * len(backbone))
         return set(backbone[: len(backbone) - trainable])
     if kind == "regex":
@@ -215,7 +228,11 @@ def build(
     if model_config.get("freeze", "none") == "none":
         return model, set()
     order = module_order(model, input_shape)
-    frozen = frozen_modules(model_config, order)
-    if not MODELS[model_config.name].keras_family:
+    info = MODELS[model_config.name]
+    keras_layers = None
+    if info.keras_family and model_config.freeze.startswith("fraction:"):  # count layers as Keras' base does
+        keras_layers = via_keras.base_layers(model_config, input_shape[0], info.keras_rename)
+    frozen = frozen_modules(model_config, order, keras_layers)
+    if not info.keras_family:
         return model, frozen
     return create_model(model_config, num_classes, tuple(sorted(p[-1] for p in frozen))), frozen

@@ -10,8 +10,8 @@ an error naming it.
 
 Files: the HDF5 layout of Keras' ImageNet weight files and of `model.save("x.h5")` (layer
 groups with `weight_names`, at the root or under `model_weights`). Keras 3's `.weights.h5`
-stores layers under generated names (`conv2d_12`), so it cannot be matched by name: such a
-file gets an error saying how to write a named one.
+stores layers by position (`layers/conv2d_12`), not by name: `labjax.weights.via_keras` reads
+those through Keras into named layers.
 """
 
 from collections.abc import Iterable
@@ -48,8 +48,8 @@ def read_h5(path: str | Path) -> dict[str, list[np.ndarray]]:
         if "layer_names" not in root.attrs:
             if "layers" in root and "vars" in root:
                 raise ValueError(
-                    f"{path}: a Keras 3 '.weights.h5' file, whose layers have generated names that cannot be matched; "
-                    "save the Keras model with model.save('model.h5') (HDF5) or use the keras.applications file."
+                    f"{path}: a Keras 3 '.weights.h5' file, whose layers are stored by position, not by name; "
+                    "read it with labjax.weights.via_keras.read (what config.model.pretrained=PATH does)."
                 )
             raise ValueError(f"{path}: not a Keras HDF5 weights file (no 'layer_names').")
         layers = {}

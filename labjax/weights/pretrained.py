@@ -2,9 +2,9 @@
 
 `model.pretrained=imagenet` downloads the file keras.applications uses (same URL, same
 hash check) into ~/.cache/labjax/weights (LABJAX_WEIGHTS_DIR) once; `model.pretrained=PATH`
-reads a local Keras HDF5 file (what Keras caches in ~/.keras/models). `model.init_from`
-starts from another labjax run's params and batch_stats (fine-tuning), optionally without
-its head when the number of classes changes.
+reads a local Keras file: HDF5 `.h5` (what Keras caches in ~/.keras/models), Keras 3
+`.weights.h5` or `.keras`. `model.init_from` starts from another labjax run's params and
+batch_stats (fine-tuning), optionally without its head when the number of classes changes.
 """
 
 import hashlib
@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from labjax.weights import keras as keras_weights
+from labjax.weights import via_keras
 
 
 def cache_dir() -> Path:
@@ -83,10 +84,18 @@ def from_keras(model_config, info, variables: dict, input_size: int) -> dict:
     if model_config.get("small_inputs"):  # the small-image stem's 3x3 kernel replaces Keras' 7x7 one
         ignore.add("conv1_conv")
         new.add("conv1_conv")
-    layers = keras_weights.read_h5(path)
+    layers = read_layers(path, model_config, input_size)
     if info.keras_rename:
         layers = info.keras_rename(layers)
     return keras_weights.assign(variables, layers, ignore_layers=ignore, new_modules=new, source=str(path))
+
+
+def read_layers(path: Path, model_config, input_size: int) -> dict[str, list[np.ndarray]]:
+    """The file's {Keras layer name: arrays}: by name from an HDF5 file, through Keras where Keras
+    matches by position (a Keras 3 file, or a family with unnamed layers; see via_keras)."""
+    if path.is_file() and via_keras.needs_keras(path, model_config.name):
+        return via_keras.read(path, model_config, input_size)
+    return keras_weights.read_h5(path)
 
 
 def merge_from_run(variables: dict, restored: dict, head: tuple[str, ...], keep_head: bool, source: str) -> dict:
