@@ -79,3 +79,42 @@ def test_resnet50_unet_taps_the_keras_stage_outputs_and_predicts_at_input_resolu
         lambda: model.init_with_output(jax.random.key(0), jnp.zeros((2, 64, 64, 3)), train=False)[0]
     )
     assert logits.shape == (2, 64, 64, 5)
+
+
+def _keras_classic_unet(size: int, features: int, depth: int, num_classes: int):
+    """Ronneberger's U-Net as Keras layers ("same" padding, BatchNorm after each bias-free conv)."""
+    layers = keras.layers
+
+    def convs(x, filters):
+        for _ in range(2):
+            x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+            x = layers.ReLU()(layers.BatchNormalization()(x))
+        return x
+
+    inputs = keras.Input((size, size, 3))
+    x, skips = inputs, []
+    for level in range(depth):
+        x = convs(x, features * 2**level)
+        skips.append(x)
+        x = layers.MaxPooling2D()(x)
+    x = convs(x, features * 2**depth)
+    for level in reversed(range(depth)):
+        x = layers.Conv2DTranspose(features * 2**level, 2, strides=2)(x)
+        x = convs(layers.Concatenate()([x, skips[level]]), features * 2**level)
+    return keras.Model(inputs, layers.Conv2D(num_classes, 1)(x))
+
+
+@pytest.mark.parametrize("features", [64, 8])
+def test_classic_unet_matches_the_keras_layers_of_the_paper_and_predicts_at_input_resolution(features):
+    model = _keras_classic_unet(32, features, 4, 2)
+    trainable, moving_stats = _counts(unet.UNet(2, features=features), 32)
+    counts = param_counts(model)
+    assert (trainable, moving_stats) == (counts["trainable"], counts["non_trainable"])
+    if features == 64:  # the paper's network: ~31M parameters
+        assert 31_000_000 < counts["total"] < 31_100_000
+    logits = jax.eval_shape(
+        lambda: unet.UNet(5, features=features).init_with_output(
+            jax.random.key(0), jnp.zeros((2, 48, 32, 3)), train=False
+        )
+    )[0]
+    assert logits.shape == (2, 48, 32, 5)

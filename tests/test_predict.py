@@ -23,6 +23,7 @@ from labjax.models import create_model
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     config = seg_mobilenet.get_config("smoke")
+    config.model.name, config.model.alpha = "unet", 0.125  # the classic U-Net compiles in seconds
     config.num_epochs = 1
     workdir = tmp_path_factory.mktemp("seg") / "run"
     train.train_and_evaluate(config, workdir)

@@ -44,6 +44,7 @@ def test_train_step_gives_the_same_result_on_one_and_several_devices():
     devices (or averaged twice) changes the update by 75% or more.
     """
     config = seg_mobilenet.get_config("smoke")
+    config.model.name, config.model.alpha = "unet", 0.125  # BatchNorm at every level; compiles in seconds
     # SGD: updates linear in the gradients (Adam's m/sqrt(v) turns tiny differences of
     # near-zero gradients into full steps); 64 px and batch 8 so that the deepest
     # BatchNorm does not normalise over just 4 values.
@@ -142,6 +143,7 @@ def test_a_different_config_in_the_same_workdir_is_refused_and_nothing_is_lost(r
 
 def test_a_diverging_run_stops_with_status_diverged(tmp_path):
     config = seg_mobilenet.get_config("smoke")
+    config.model.name, config.model.alpha = "unet", 0.125
     config.optimizer.learning_rate = 1e30
     with pytest.raises(train.TrainingDiverged, match="diverged"):
         train.train_and_evaluate(config, tmp_path)

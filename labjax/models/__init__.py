@@ -20,7 +20,7 @@ import ml_collections
 
 from labjax.models import densenet, efficientnet, inception_v3, mobilenet_v2, resnet, small_nets, vgg, xception
 from labjax.models.small_cnn import SmallCNN
-from labjax.models.unet import MobileNetV2UNet, ResNet50UNet
+from labjax.models.unet import MobileNetV2UNet, ResNet50UNet, UNet
 from labjax.weights import via_keras
 
 HEAD_MODULES = ("head_dropout", "head_dense")  # the new head's modules (never in a Keras file)
@@ -88,6 +88,7 @@ def _family_models() -> dict[str, ModelInfo]:
 MODELS: dict[str, ModelInfo] = {
     "mobilenetv2_unet": ModelInfo(build=None, min_size=32, divisor=32, preprocessing="minus_one_one"),
     "resnet50_unet": ModelInfo(build=None, min_size=32, divisor=32, preprocessing="caffe"),
+    "unet": ModelInfo(build=None, min_size=16, divisor=16, preprocessing="zero_one"),
     "small_cnn": ModelInfo(build=None, min_size=18, preprocessing="zero_one"),
     **_family_models(),
 }
@@ -140,6 +141,13 @@ def create_model(model_config: ml_collections.ConfigDict, num_classes: int, froz
         )
     if name == "resnet50_unet":
         return ResNet50UNet(num_classes, dropout=model_config.dropout, bn_momentum=model_config.bn_momentum)
+    if name == "unet":  # alpha scales the paper's 64 first-level channels
+        return UNet(
+            num_classes,
+            features=max(1, round(64 * model_config.alpha)),
+            dropout=model_config.dropout,
+            bn_momentum=model_config.bn_momentum,
+        )
     if name == "small_cnn":
         return SmallCNN(num_classes, dropout=model_config.dropout)
     if not info.keras_family:

@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from labjax.models.layers import ConvTranspose
+from labjax.models.layers import Conv, ConvTranspose
 from labjax.models.mobilenet_v2 import MobileNetV2
 from labjax.models.resnet import ResNet
 
@@ -75,3 +75,43 @@ class MobileNetV2UNet(nn.Module):
         )(x, train=train)
         skips = [endpoints[name] for name in MOBILENET_V2_SKIPS]
         return pix2pix_decoder(skips, self.num_classes, self.dropout, self.bn_momentum, train)
+
+
+class UNet(nn.Module):
+    """The original U-Net (Ronneberger et al. 2015) with "same" padding and BatchNorm.
+
+    Each of `depth` levels: two 3x3 conv -> BatchNorm -> ReLU, then 2x2 max-pool; a bottleneck
+    of the same two convs (dropout after it); each decoder level: a 2x2 stride-2 transposed
+    convolution, concatenation with the encoder level's output, two convs; 1x1 conv logits.
+    `features` channels at the first level, doubling per level (64 in the paper; model.alpha
+    scales it). Trains from scratch quickly on small data sets, and compiles in a fraction of
+    the MobileNetV2 U-Net's time, which makes it the light model for quick tries.
+    """
+
+    num_classes: int
+    features: int = 64
+    depth: int = 4
+    dropout: float = 0.0
+    bn_momentum: float = 0.99
+
+    def _convs(self, x: jax.Array, features: int, name: str, train: bool) -> jax.Array:
+        for i in range(2):
+            x = Conv(features, (3, 3), use_bias=False, name=f"{name}_conv{i}")(x)
+            x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum, name=f"{name}_bn{i}")(x)
+            x = jax.nn.relu(x)
+        return x
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        skips = []
+        for level in range(self.depth):
+            x = self._convs(x, self.features * 2**level, f"down_{level}", train)
+            skips.append(x)
+            x = nn.max_pool(x, (2, 2), (2, 2))
+        x = self._convs(x, self.features * 2**self.depth, "bottleneck", train)
+        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        for level in reversed(range(self.depth)):
+            features = self.features * 2**level
+            x = ConvTranspose(features, (2, 2), (2, 2), name=f"up_{level}")(x)
+            x = self._convs(jnp.concatenate([x, skips[level]], axis=-1), features, f"up_{level}", train)
+        return Conv(self.num_classes, (1, 1), name="logits")(x)
