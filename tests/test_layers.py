@@ -54,6 +54,11 @@ CONV_CASES = [
     ((2, 10, 10, 1), 3, (5, 5), (2, 2), "SAME", True),
     ((2, 8, 8, 3), 4, (2, 2), (2, 2), "SAME", True),  # even kernel: SAME pads after
     ((2, 7, 8, 8), 6, (3, 3), (2, 2), "SAME", True),  # wide input: lax fallback
+    ((2, 7, 6, 40), 8, (3, 3), (1, 1), "SAME", False),  # narrower output: tap products (DenseNet's 3x3)
+    ((2, 7, 6, 40), 8, (3, 3), (1, 1), "VALID", True),
+    ((2, 9, 6, 40), 8, (3, 2), (1, 1), ((2, 0), (0, 3)), True),  # uneven explicit pads, rectangular kernel
+    ((2, 8, 8, 40), 8, (4, 4), (1, 1), "SAME", False),  # even kernel: SAME pads more after
+    ((2, 6, 6, 40), 40, (3, 3), (1, 1), "SAME", False),  # as wide as the input: lax
 ]
 
 
@@ -144,3 +149,12 @@ def test_batch_sharded(layer):
     assert "all-gather" not in sharded.lower(params, x).compile().as_text()
     for a, b in zip(jax.tree.leaves(sharded(params, x)), jax.tree.leaves(jax.jit(grads)(params, x)), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("features, uses_lax", [(8, False), (40, True)])
+def test_stride_one_conv_to_fewer_channels_is_tap_products_not_lax(features, uses_lax):
+    layer = Conv(features, impl="fast")
+    x = jnp.zeros((2, 7, 6, 40))
+    params = layer.init(jax.random.key(0), x)
+    jaxpr = str(jax.make_jaxpr(lambda p: layer.apply(p, x))(params))
+    assert ("conv_general_dilated" in jaxpr) == uses_lax
