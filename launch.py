@@ -7,6 +7,8 @@ python launch.py --mode=data|summary --config=configs/NAME.py[:ARG] [--config.KE
 python launch.py --mode=sweep --config=configs/NAME.py[:ARG] [--sweep=KEY=V1,V2 ...] [--parallel=N] [--workdir=DIR]
                  [--vectorize]
 python launch.py --mode=report --workdir=DIR
+Several processes (hosts): add --coordinator=HOST:PORT --num_processes=N --process_id=I to a train command
+(or start it under srun/mpirun, which JAX detects).
 """
 
 from absl import app, flags
@@ -42,6 +44,12 @@ flags.DEFINE_bool(
 flags.DEFINE_integer(
     "parallel", 1, "sweep: members trained at once as separate processes (0: one after another in this process)."
 )
+
+flags.DEFINE_string(
+    "coordinator", None, "train on several processes: HOST:PORT of process 0, the same on every process."
+)
+flags.DEFINE_integer("num_processes", None, "train on several processes: their number (1: one, even under srun).")
+flags.DEFINE_integer("process_id", None, "train on several processes: this one's index, 0..N-1.")
 
 
 def main(argv: list[str]) -> None:

@@ -122,14 +122,24 @@ class Checkpoints:
         return {**result, "metadata": restored["metadata"]}
 
     def restore_arrays(self, step: int, items=("params", "batch_stats")) -> dict:
-        """The named items as saved (host numpy trees), with no target: for another run's weights."""
+        """The named items as saved (host numpy trees), with no target: for another run's weights.
+
+        They are read onto this process's first device, whatever devices and processes saved
+        them: Orbax refuses to restore onto the saved layout when those devices are not here.
+        """
         saved = [name for name in items if (self.directory / str(step) / name).exists()]
-        args = {name: ocp.args.StandardRestore() for name in saved}
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        args = {name: ocp.args.StandardRestore(self._saved_shapes(step, name, device)) for name in saved}
         restored = self.manager.restore(step, args=ocp.args.Composite(**args))
         return {name: jax.tree.map(np.asarray, restored[name]) if name in saved else {} for name in items}
 
     def close(self) -> None:
         self.manager.close()
+
+    def _saved_shapes(self, step: int, name: str, sharding) -> dict:
+        """The saved item's tree of shapes and dtypes, laid out with `sharding`."""
+        saved = ocp.StandardCheckpointHandler().metadata((self.directory / str(step) / name).absolute()).tree
+        return jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), saved)
 
     def _failure(self, step: int, error: Exception) -> "CheckpointError":
         """A restore failure as one line: the step's folder, what is wrong, and the steps there are."""

@@ -80,12 +80,11 @@ def enable_compilation_cache() -> None:
 def run(flags, overrides: list[str] = ()) -> None:
     from absl import logging
 
-    from labjax import data_check, evaluate, report, summary, sweep, train  # heavy imports after flag parsing
-
     if not flags["verbosity"].present:  # Orbax logs every file it writes at INFO
         logging.set_verbosity(logging.WARNING)
-    enable_compilation_cache()
     try:
+        start_processes(flags)
+        enable_compilation_cache()
         try:
             config = flags.config
             if config is not None:
@@ -106,17 +105,28 @@ def run(flags, overrides: list[str] = ()) -> None:
                     f"--config is required with --mode={flags.mode}, e.g. --config=configs/seg_mobilenet.py"
                 )
             workdir = Path(flags.workdir) if flags.workdir else default_workdir(flags["config"].config_filename)
+            if flags.mode == "train":  # a config mistake is reported before TensorFlow and the data load
+                config_lib.validate(config)
+            # Heavy imports (TensorFlow, the models) only for the mode that needs them.
             if flags.mode == "data":
+                from labjax import data_check
+
                 data_check.check_data(config, workdir)
             elif flags.mode == "summary":
+                from labjax import summary
+
                 summary.summarize(config, workdir)
             else:
+                from labjax import train
+
                 train.train_and_evaluate(config, workdir, overwrite=flags.overwrite)
         elif flags.mode == "sweep":
             if config is None:
                 raise config_lib.ConfigError(
                     "--config is required with --mode=sweep, e.g. --config=configs/seg_mobilenet.py"
                 )
+            from labjax import sweep
+
             sweep.run_sweep(
                 flags["config"].config_filename,
                 flags.workdir,
@@ -129,6 +139,8 @@ def run(flags, overrides: list[str] = ()) -> None:
         elif flags.mode == "report":
             if not flags.workdir:
                 raise config_lib.ConfigError("--workdir is required with --mode=report (a run or a sweep folder).")
+            from labjax import report
+
             report.write_report(flags.workdir)
         if flags.mode in ("eval", "predict"):
             if config is not None:
@@ -139,6 +151,8 @@ def run(flags, overrides: list[str] = ()) -> None:
             if not flags.workdir:
                 raise config_lib.ConfigError(f"--workdir is required with --mode={flags.mode} (the trained run).")
         if flags.mode == "eval":
+            from labjax import evaluate
+
             evaluate.evaluate(flags.workdir, flags.checkpoint, flags.split, overrides)
         elif flags.mode == "predict":
             from labjax import predict
@@ -146,16 +160,45 @@ def run(flags, overrides: list[str] = ()) -> None:
             if not flags.inputs:
                 raise config_lib.ConfigError("--inputs is required with --mode=predict: an image, a folder or a glob.")
             predict.predict(flags.workdir, flags.inputs, flags.output, flags.checkpoint, overrides)
-    except (ValueError, FileNotFoundError) as error:
-        _fail(error, EXIT_USER_ERROR)
-    except train.TrainingDiverged as error:
-        _fail(error, EXIT_DIVERGED)
-    except train.TrainingInterrupted as error:
-        _fail(error, EXIT_INTERRUPTED)
-    except sweep.SweepInterrupted as error:
-        _fail(error, EXIT_INTERRUPTED)
-    except sweep.SweepIncomplete as error:
-        _fail(error, EXIT_FAILED_MEMBERS)
+    except Exception as error:
+        code = exit_code(error)
+        if code is None:
+            raise
+        _fail(error, code)
+
+
+def exit_code(error: Exception) -> int | None:
+    """The exit status of an error launch.py reports in one line; None for a bug (a traceback)."""
+    # train and sweep are imported only by the modes that use them, so only then can they raise.
+    train, sweep = sys.modules.get("labjax.train"), sys.modules.get("labjax.sweep")
+    if isinstance(error, (ValueError, FileNotFoundError)):
+        return EXIT_USER_ERROR
+    if train and isinstance(error, train.TrainingDiverged):
+        return EXIT_DIVERGED
+    if train and isinstance(error, train.TrainingInterrupted):
+        return EXIT_INTERRUPTED
+    if sweep and isinstance(error, sweep.SweepInterrupted):
+        return EXIT_INTERRUPTED
+    if sweep and isinstance(error, sweep.SweepIncomplete):
+        return EXIT_FAILED_MEMBERS
+    return None
+
+
+def start_processes(flags) -> None:
+    """Joins a multi-process training (--coordinator/--num_processes/--process_id, or srun/mpirun) before JAX starts.
+
+    Only training spans processes; the other modes run in one process, after or beside it.
+    """
+    from labjax import parallel
+
+    if parallel.distributed_args(flags.coordinator, flags.num_processes, flags.process_id) is None:
+        return
+    if flags.mode != "train":
+        raise config_lib.ConfigError(
+            f"--mode={flags.mode} runs in one process: drop {parallel.DISTRIBUTED_FLAGS}, or start it as one task "
+            "(srun -n 1 ...) or with --num_processes=1; only --mode=train spans several processes."
+        )
+    parallel.initialize_distributed(flags.coordinator, flags.num_processes, flags.process_id)
 
 
 def _fail(error: Exception, code: int) -> None:
