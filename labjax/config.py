@@ -11,7 +11,8 @@ COMPUTE_DTYPES = ("float32", "bfloat16")
 
 # Keys a resumed run may change without changing what is trained.
 RESUMABLE_CHANGES = re.compile(
-    r"^(num_epochs|num_train_steps|log_every_steps|eval_batch_size|checkpoint\..*|data\.(path|test_path|cache))$"
+    r"^(num_epochs|num_train_steps|log_every_steps|steps_per_execution|eval_batch_size|checkpoint\..*"
+    r"|data\.(path|test_path|cache))$"
 )
 
 
@@ -90,7 +91,7 @@ def base_config(task: str) -> ml_collections.ConfigDict:
     model.freeze = "none"  # none | backbone | fraction:F (all but the last F of the backbone) | regex:A,B
     model.init_from = ""  # another run's workdir (or WORKDIR/checkpoints/STEP) to start from
     model.init_head = True  # take the head from init_from too (false: a new head, e.g. other classes)
-    model.alpha = 1.0  # MobileNetV2 width
+    model.alpha = 1.0  # width multiplier: MobileNetV2, U-Net (unet: 64 * alpha first-level channels)
     model.small_inputs = False  # ResNets: 3x3 stride-1 stem and no max-pool, for 32-64 px images
     model.bn_momentum = 0.99  # BatchNorm running-average momentum (Keras' default)
     model.layers = ""  # spec_cnn: "conv(32,3,relu)|maxpool(2)|...|dense(classes)"
@@ -150,6 +151,10 @@ def base_config(task: str) -> ml_collections.ConfigDict:
     config.num_epochs = 10
     config.num_train_steps = -1  # > 0 overrides num_epochs
     config.log_every_steps = 10
+    # Train steps per dispatch (Keras' steps_per_execution): a lax.scan over k batches, same results as 1.
+    # For small, fast steps (batch 1) where per-step Python and dispatch dominate; logging, the NaN check and
+    # SIGINT/SIGTERM then happen every k steps. One compiled program: a short last chunk skips its padding.
+    config.steps_per_execution = 1
 
     config.checkpoint = ml_collections.ConfigDict()
     config.checkpoint.every_epochs = 1
@@ -225,6 +230,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         )
     _check(config.num_epochs > 0, "num_epochs", config.num_epochs, "an integer > 0")
     _check(config.log_every_steps > 0, "log_every_steps", config.log_every_steps, "an integer > 0")
+    _check(
+        isinstance(config.steps_per_execution, int) and config.steps_per_execution >= 1,
+        "steps_per_execution",
+        config.steps_per_execution,
+        "an integer >= 1 (train steps per dispatch; 1: one at a time)",
+    )
     _check(config.checkpoint.keep >= 1, "checkpoint.keep", config.checkpoint.keep, "an integer >= 1")
     _check(
         config.checkpoint.best_mode in ("min", "max"),
@@ -241,6 +252,7 @@ def _validate_model(model: ml_collections.ConfigDict, info) -> None:
     from labjax.models import HEADS, POOLINGS
 
     _check(model.head in HEADS, "model.head", model.head, f"one of {HEADS}")
+    _check(model.alpha > 0, "model.alpha", model.alpha, "a width multiplier > 0")
     _check(model.pooling in POOLINGS, "model.pooling", model.pooling, f"one of {POOLINGS}")
     if model.head == "original" or model.pretrained != "none" or model.freeze != "none":
         _check(

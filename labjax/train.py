@@ -22,6 +22,7 @@ import numpy as np
 from clu import parameter_overview
 from flax.training import train_state
 from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec
 
 from labjax import checkpoints as ckpt
 from labjax import config as config_lib
@@ -175,10 +176,84 @@ def make_train_step(
     )
 
 
-def make_eval_step(mesh, model, num_classes: int):
-    """The jitted evaluation step of eval_step_fn over a padded batch, sharded over 'data'."""
+def make_multi_step(
+    mesh,
+    steps: int,
+    num_classes: int,
+    class_weights: np.ndarray | None = None,
+    *,
+    label_smoothing: float = 0.0,
+    penalty=None,
+    compute_dtype: str = "float32",
+):
+    """Up to `steps` train steps in one dispatch (Keras' steps_per_execution): a lax.scan of
+    train_step_fn over a chunk of batches stacked on a new leading axis, (steps, B, ...).
+
+    Called as multi_step(state, epoch_metrics, chunk, count): the first `count` batches of the
+    chunk are trained on, the rest (padding) skipped, so a short chunk at an epoch's end reuses
+    the one compiled program. Returns (state, epoch_metrics merged with each step's metrics in
+    turn, the last step's metrics): the same sums in the same order as merging one step at a
+    time, so epoch metrics match steps_per_execution=1. At batch 1 (S4) the host's work per step
+    (a tf.data element, Python, dispatch, the metric merge) costs about twice the step's own
+    computation; a chunk pays it once.
+    """
+    train_step = train_step_fn(
+        num_classes, class_weights, label_smoothing=label_smoothing, penalty=penalty, compute_dtype=compute_dtype
+    )
+
+    def multi_step(state: TrainState, epoch_metrics: tasks.TrainMetrics, chunk: dict, count: jax.Array):
+        def run(carry, batch):
+            state, total, _ = carry
+            state, metrics = train_step(state, batch)
+            return state, total.merge(metrics), metrics
+
+        def skip(carry, batch):  # padding
+            return carry
+
+        def body(carry, index_and_batch):
+            index, batch = index_and_batch
+            return jax.lax.cond(index < count, run, skip, carry, batch), None
+
+        carry = (state, epoch_metrics, epoch_metrics)  # the last step's metrics start as any value of their type
+        (state, epoch_metrics, last), _ = jax.lax.scan(body, carry, (jnp.arange(steps), chunk))
+        return state, epoch_metrics, last
+
+    replicated = parallel.replicated(mesh)
     return jax.jit(
-        eval_step_fn(model, num_classes), in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh))
+        multi_step,
+        in_shardings=(replicated, replicated, _chunk_sharded(mesh), replicated),
+        out_shardings=replicated,
+        donate_argnums=0,
+    )
+
+
+def _chunk_sharded(mesh) -> NamedSharding:
+    """A chunk of batches (steps, B, ...): the batch axis over 'data', every device holding every step."""
+    return NamedSharding(mesh, PartitionSpec(None, "data"))
+
+
+def _chunk_to_global(chunk: dict[str, np.ndarray], count: int, steps: int, mesh) -> dict[str, jax.Array]:
+    """The first `count` batches of this process's chunk (m, B, ...) as global arrays of `steps` batches;
+    zeros pad a short chunk (the padding is never trained on)."""
+    sharding = _chunk_sharded(mesh)
+    placed = {}
+    for key, value in chunk.items():
+        if len(value) != steps or count != steps:
+            padded = np.zeros((steps, *value.shape[1:]), value.dtype)
+            padded[:count] = value[:count]
+            value = padded
+        placed[key] = jax.make_array_from_process_local_data(sharding, value)
+    return placed
+
+
+def make_eval_step(mesh, model, num_classes: int):
+    """The jitted evaluation step of eval_step_fn over a padded batch, sharded over 'data'.
+
+    Metrics come back replicated, so every process can read them; outputs stay sharded.
+    """
+    replicated, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+    return jax.jit(
+        eval_step_fn(model, num_classes), in_shardings=(replicated, sharded), out_shardings=(replicated, sharded)
     )
 
 
@@ -316,14 +391,18 @@ def check_workdir(config, workdir: Path, overwrite: bool) -> bool:
 
 
 def claim_workdir(config, workdir: Path, overwrite: bool) -> None:
-    """Creates the workdir (deleting the old run's files with --overwrite) and writes config.json."""
-    if overwrite:
-        for name in OWN_FILES:
-            path = workdir / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-    workdir.mkdir(parents=True, exist_ok=True)
+    """Creates the workdir (deleting the old run's files with --overwrite) and writes config.json.
+
+    Process 0 alone deletes and writes; the others wait for it before they look for checkpoints.
+    """
     if jax.process_index() == 0:
+        if overwrite:
+            for name in OWN_FILES:
+                path = workdir / name
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        workdir.mkdir(parents=True, exist_ok=True)
         ckpt.write_json(workdir / "config.json", config_lib.to_dict(config))
+    parallel.sync("claim_workdir")
 
 
 def _config_in_checkpoints(workdir: Path) -> dict | None:
@@ -438,7 +517,8 @@ def train_and_evaluate(
             stopper.load_state_dict(metadata["early_stopping"])
         if plateau and metadata.get("plateau"):
             plateau.load_state_dict(metadata["plateau"])
-        writers.truncate_after(workdir / "metrics.jsonl", start_step)
+        if jax.process_index() == 0:
+            writers.truncate_after(workdir / "metrics.jsonl", start_step)
         if metadata.get("stopped_early"):
             print(f"{workdir}: stopped early at step {start_step}; nothing to do.", flush=True)
             return _final_summary(workdir, mark_finished=True)
@@ -459,14 +539,17 @@ def train_and_evaluate(
         f"{'x'.join(map(str, data.input_shape))}; {steps_per_epoch} steps/epoch on {jax.device_count()} device(s).",
         flush=True,
     )
-    train_step = make_train_step(
-        mesh,
-        num_classes,
-        data.class_weights,
-        label_smoothing=config.label_smoothing,
-        penalty=_l2_penalty(config.optimizer),
-        compute_dtype=config.compute_dtype,
-    )
+    step_options = {
+        "label_smoothing": config.label_smoothing,
+        "penalty": _l2_penalty(config.optimizer),
+        "compute_dtype": config.compute_dtype,
+    }
+    train_step = make_train_step(mesh, num_classes, data.class_weights, **step_options)
+    per_dispatch, multi_step = config.steps_per_execution, None
+    if per_dispatch > 1:
+        multi_step = make_multi_step(mesh, per_dispatch, num_classes, data.class_weights, **step_options)
+        # An epoch's start, placed as the step's outputs are: an input typed otherwise would compile again.
+        no_metrics = jax.device_put(tasks.TrainMetrics.empty(), parallel.replicated(mesh))
     eval_step = make_eval_step(mesh, model, num_classes)
     writer = writers.create_writer(workdir, jax.process_index() == 0)
     _write_status(workdir, "running", step=start_step)
@@ -493,23 +576,39 @@ def train_and_evaluate(
         checkpoints.save(state, metadata, metrics)
 
     step, summary, computed, stopped_early = start_step, None, None, False
-    session_start, session_time, first_step_s = start_step, 0.0, 0.0
+    session_start, session_time, first_step_s, first_steps = start_step, 0.0, 0.0, 1
+
+    def epoch_batches(epoch: int, first_step: int = 0):
+        process = (jax.process_index(), jax.process_count())
+        return pipeline.train_batches(data, config, epoch, first_step, *process, steps_per_chunk=per_dispatch)
+
+    next_batches = None  # the next epoch's iterator, built while this epoch's last steps compute
     with _StopRequests() as stop:
         while step < total_steps and not stopped_early:
             epoch = step // steps_per_epoch
             epoch_metrics, tic = None, time.perf_counter()
-            for batch in pipeline.train_batches(
-                data, config, epoch, step % steps_per_epoch, jax.process_index(), jax.process_count()
-            ):
-                state, metrics = train_step(state, parallel.to_global(batch, mesh))
-                epoch_metrics = metrics if epoch_metrics is None else epoch_metrics.merge(metrics)
-                step += 1
-                if step % config.log_every_steps == 0 or step == start_step + 1:
+            batches = epoch_batches(epoch, step % steps_per_epoch) if next_batches is None else next_batches
+            # A dispatch never crosses the epoch's end, total_steps or stop_after_step.
+            end = min((epoch + 1) * steps_per_epoch, total_steps)
+            if stop_after_step is not None:
+                end = min(end, max(stop_after_step, step + 1))
+            while step < end:
+                count = min(per_dispatch, end - step)
+                if multi_step is None:
+                    state, metrics = train_step(state, parallel.to_global(next(batches), mesh))
+                    epoch_metrics = metrics if epoch_metrics is None else epoch_metrics.merge(metrics)
+                else:
+                    chunk = _chunk_to_global(next(batches), count, per_dispatch, mesh)
+                    merged = no_metrics if epoch_metrics is None else epoch_metrics
+                    state, epoch_metrics, metrics = multi_step(state, merged, chunk, np.int32(count))
+                step += count
+                first = step - count == start_step
+                if first or step // config.log_every_steps > (step - count) // config.log_every_steps:
                     loss = float(metrics.loss.compute())
                     _check_finite(loss, step, workdir)
                     progress.update(step, epoch, num_epochs, loss)
-                if step == start_step + 1:  # the loss above waited for it: compile + one step
-                    first_step_s = time.perf_counter() - tic
+                if first:  # the loss above waited for it: compile + the first dispatch
+                    first_step_s, first_steps = time.perf_counter() - tic, count
                 if stop_after_step is not None and step >= stop_after_step:
                     stop.signal = "stop_after_step"
                 if stop.signal:
@@ -519,11 +618,12 @@ def train_and_evaluate(
                     raise TrainingInterrupted(
                         f"{stop.signal}: checkpoint saved at step {step}; run the same command to resume."
                     )
-                if step >= total_steps:
-                    break
+            if step < total_steps:  # tf.data's set-up of an epoch (~0.2 s) overlaps the computations still queued
+                next_batches = epoch_batches(epoch + 1)
+            # Computing the metrics waits for the last dispatch, so the epoch's time is its computation's.
+            train = {f"train_{k}": float(v) for k, v in epoch_metrics.compute().items()}
             elapsed = time.perf_counter() - tic
             train_time, session_time = train_time + elapsed, session_time + elapsed
-            train = {f"train_{k}": float(v) for k, v in epoch_metrics.compute().items()}
             _check_finite(train["train_loss"], step, workdir)
             summary, computed, _ = evaluate_split(
                 eval_step, {"params": state.params, "batch_stats": state.batch_stats}, data, "validation", config, mesh
@@ -586,7 +686,7 @@ def train_and_evaluate(
         step=step,
         epochs=-(-step // steps_per_epoch),
         train_time_s=train_time,
-        steps_per_s=(step - session_start - 1) / max(session_time - first_step_s, 1e-9),
+        steps_per_s=(step - session_start - first_steps) / max(session_time - first_step_s, 1e-9),
         peak_memory_mb=_peak_memory_mb(),
         best_step=best,
         final={f"val_{k}": v for k, v in summary.items()},

@@ -226,11 +226,14 @@ def train_batches(
     first_step: int = 0,
     process_index: int = 0,
     process_count: int = 1,
+    steps_per_chunk: int = 1,
 ) -> Iterator[dict[str, np.ndarray]]:
     """This process's share of each global training batch of `epoch`, from `first_step` on.
 
     The last incomplete batch is dropped so every step has the same shape (it is a
     different one each epoch). Copies go through config.data.copy_augment as well.
+    With `steps_per_chunk` k > 1, k consecutive batches come stacked (k, B, ...), the
+    epoch's last chunk shorter: one host round trip per chunk (steps_per_execution).
     """
     global_batch = config.batch_size
     steps = steps_per_epoch(data, global_batch)
@@ -265,6 +268,8 @@ def train_batches(
             lambda step, batch: augment.mix_batch(batch, tf.stack([epoch_word, -1 - step]), cfg.mixup, cfg.cutmix),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
+    if steps_per_chunk > 1:
+        ds = ds.batch(steps_per_chunk)
     return ds.prefetch(2).as_numpy_iterator()
 
 
