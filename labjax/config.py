@@ -87,7 +87,7 @@ def base_config(task: str) -> ml_collections.ConfigDict:
     model.dropout = 0.0  # the head's dropout (or the model's own, for small nets)
     model.head = "new"  # new: global pooling -> dropout -> dense; original: the Keras model's own top
     model.pooling = "avg"  # avg | max (new head)
-    model.pretrained = "none"  # none | imagenet (Keras' file, downloaded once) | PATH to a Keras .h5 file
+    model.pretrained = "none"  # none | imagenet (Keras' file, downloaded once) | PATH: Keras .h5, .weights.h5 or .keras
     model.freeze = "none"  # none | backbone | fraction:F (all but the last F of the backbone) | regex:A,B
     model.init_from = ""  # another run's workdir (or WORKDIR/checkpoints/STEP) to start from
     model.init_head = True  # take the head from init_from too (false: a new head, e.g. other classes)
