@@ -12,7 +12,8 @@ backend is fixed when it is imported, and each row's peak host memory is then it
   torch           PyTorch 2 eager
 All train on random in-memory data (the input pipeline is benchmarked on its own). One table per
 workload case; the columns are explained in benchmarks/README.md. The float32 matmul rate measured
-first is the ceiling that achieved GFLOP/s (XLA's FLOPs of labjax's step x steps/s) is compared with.
+before each workload (the best so far) is the ceiling that achieved GFLOP/s (XLA's FLOPs of labjax's
+step x steps/s) is compared with.
 """
 
 from __future__ import annotations
@@ -117,7 +118,8 @@ def _number(value, fmt: str = ",.1f") -> str:
 
 
 def print_table(workload: Workload, rows: list[dict], ceiling: float | None) -> None:
-    """One workload's table, the best peer and labjax's ratios, and the parameter check."""
+    """One workload's table, the best peer and labjax's ratios, and the parameter check; `ceiling`
+    is the best float32 matmul GFLOP/s measured so far in this run."""
     done = [r for r in rows if "train_rate" in r]
     flops = next((r["flops_per_step"] for r in done if r.get("flops_per_step")), None)
     h, w, c = workload.image_shape
@@ -127,6 +129,8 @@ def print_table(workload: Workload, rows: list[dict], ceiling: float | None) -> 
     )
     if flops:
         print(f"   {flops / 1e9:,.3f} GFLOP per training step (XLA cost analysis of labjax's compiled step)")
+    if ceiling:
+        print(f"   ceiling: {ceiling:,.1f} GFLOP/s, the best float32 matmul rate measured in this run")
     peers = [r for r in done if r["framework"] != "labjax"]
     best = max(peers, key=lambda r: r["train_rate"], default=None)
     best_infer = max((r for r in peers if r.get("infer_rate")), key=lambda r: r["infer_rate"], default=None)
@@ -171,6 +175,22 @@ def print_table(workload: Workload, rows: list[dict], ceiling: float | None) -> 
         print(f"PARAMETER COUNTS DIFFER: {listed}")
 
 
+def measure_ceiling(timeout: float) -> dict:
+    """The float32 matmul rate, measured again before each workload: others' load lowers it, and
+    the best seen so far is the machine's ceiling."""
+    ceiling = run_row("ceiling", "labjax", [], timeout)
+    if "gflops" not in ceiling:
+        print(f"float32 matmul: not measured ({ceiling})", flush=True)
+        return ceiling
+    rates = ", ".join(f"{k} {v:,.1f}" for k, v in ceiling["rates"].items())
+    print(
+        f"float32 matmul: {ceiling['gflops']:,.1f} GFLOP/s ({ceiling['size']}^2 products, best of 5: {rates}) "
+        f"on {ceiling['device']}, {len(os.sched_getaffinity(0))} cores, load {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
+    return ceiling
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workloads", default=",".join(GROUPS), help=f"of {','.join([*GROUPS, *WORKLOADS])}")
@@ -203,19 +223,11 @@ def main(argv: list[str] | None = None) -> None:
     passed += [f"--warmup={args.warmup}"] * (args.warmup is not None) + ["--quick"] * args.quick
     passed += [f"--torch-threads={args.torch_threads}"] * bool(args.torch_threads)
 
-    ceiling = run_row("ceiling", "labjax", [], args.row_timeout)
-    gflops = ceiling.get("gflops")
-    if gflops:
-        other = ", ".join(f"{k} {v:,.1f}" for k, v in ceiling["rates"].items())
-        print(
-            f"float32 matmul ceiling: {gflops:,.1f} GFLOP/s ({ceiling['by']}, {ceiling['size']}^2; {other}) on "
-            f"{ceiling['device']}, {len(os.sched_getaffinity(0))} cores",
-            flush=True,
-        )
-    else:
-        print(f"float32 matmul ceiling: not measured ({ceiling})", flush=True)
-    everything = {"ceiling": ceiling, "rows": []}
+    everything, gflops = {"ceilings": [], "rows": []}, None
     for case in cases:
+        ceiling = measure_ceiling(args.row_timeout)
+        everything["ceilings"].append(ceiling)
+        gflops = max(gflops or 0.0, ceiling.get("gflops", 0.0)) or None
         workload, rows = WORKLOADS[case], []
         for framework in frameworks:
             for index, mode in enumerate(modes(framework, workload)):
