@@ -77,6 +77,11 @@ DEPTHWISE_CASES = [
     ((2, 7, 8, 4), (3, 3), (2, 2), EXPLICIT, 1, False),
     ((2, 7, 6, 3), (1, 1), (2, 2), "SAME", 2, True),
     ((2, 10, 9, 2), (5, 5), (2, 2), "SAME", 1, False),
+    # stride 1: the gradient w.r.t. the input is a correlation with the flipped kernel
+    ((2, 8, 7, 3), (3, 3), (1, 1), EXPLICIT, 2, True),
+    ((2, 7, 8, 4), (2, 4), (1, 1), "SAME", 1, False),  # even kernel: SAME pads more after
+    ((2, 6, 6, 3), (3, 3), (1, 1), "VALID", 1, True),
+    ((2, 9, 8, 3), (5, 3), (1, 1), ((3, 0), (0, 2)), 1, False),
 ]
 
 
