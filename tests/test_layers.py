@@ -53,12 +53,12 @@ CONV_CASES = [
     ((2, 8, 9, 3), 2, (3, 3), (2, 1), EXPLICIT, False),
     ((2, 10, 10, 1), 3, (5, 5), (2, 2), "SAME", True),
     ((2, 8, 8, 3), 4, (2, 2), (2, 2), "SAME", True),  # even kernel: SAME pads after
-    ((2, 7, 8, 8), 6, (3, 3), (2, 2), "SAME", True),  # wide input: lax fallback
+    ((2, 7, 8, 8), 6, (3, 3), (2, 2), "SAME", True),  # wide input: lax forward, im2col gradient
     ((2, 7, 6, 40), 8, (3, 3), (1, 1), "SAME", False),  # narrower output: tap products (DenseNet's 3x3)
     ((2, 7, 6, 40), 8, (3, 3), (1, 1), "VALID", True),
     ((2, 9, 6, 40), 8, (3, 2), (1, 1), ((2, 0), (0, 3)), True),  # uneven explicit pads, rectangular kernel
     ((2, 8, 8, 40), 8, (4, 4), (1, 1), "SAME", False),  # even kernel: SAME pads more after
-    ((2, 6, 6, 40), 40, (3, 3), (1, 1), "SAME", False),  # as wide as the input: lax
+    ((2, 6, 6, 40), 40, (3, 3), (1, 1), "SAME", False),  # as wide as the input: lax forward, im2col gradient
 ]
 
 
@@ -163,3 +163,22 @@ def test_stride_one_conv_to_fewer_channels_is_tap_products_not_lax(features, use
     params = layer.init(jax.random.key(0), x)
     jaxpr = str(jax.make_jaxpr(lambda p: layer.apply(p, x))(params))
     assert ("conv_general_dilated" in jaxpr) == uses_lax
+
+
+def test_wide_conv_runs_lax_for_inference_and_im2col_when_differentiated():
+    """XLA's convolution is the fastest forward here; its gradient is not, so training goes through im2col."""
+    layer = Conv(40, impl="fast")
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 7, 6, 40)), jnp.float32)
+    params = layer.init(jax.random.key(0), x)
+    assert "conv_general_dilated" in str(jax.make_jaxpr(lambda p: layer.apply(p, x))(params))
+    loss = lambda p, x: jnp.sum(layer.apply(p, x) ** 2)  # noqa: E731
+    grad_jaxpr = str(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(params, x))
+    assert "conv_general_dilated" not in grad_jaxpr and "dot_general" in grad_jaxpr
+    mesh = Mesh(np.asarray(jax.devices()), ("data",))
+    sharded = jax.jit(
+        jax.grad(loss, argnums=(0, 1)), in_shardings=(NamedSharding(mesh, P()), NamedSharding(mesh, P("data")))
+    )
+    assert "all-gather" not in sharded.lower(params, x).compile().as_text()
+    reference = jax.grad(lambda p, x: jnp.sum(layer.clone(impl="lax").apply(p, x) ** 2), argnums=(0, 1))(params, x)
+    for a, b in zip(jax.tree.leaves(sharded(params, x)), jax.tree.leaves(reference), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(np.abs(b).max()))
