@@ -26,8 +26,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from labjax import checkpoints as ckpt
 from labjax import config as config_lib
-from labjax import models, optim, parallel, plots, tasks, writers
-from labjax.data import pipeline
+from labjax import models, optim, parallel, plots, tasks
 from labjax.weights import pretrained
 
 OWN_FILES = (
@@ -289,6 +288,8 @@ def evaluate_split(
     With `keep_scores` (classification), `computed` also holds every real example's class
     probabilities and label ('probabilities', 'labels', in split order) for ROC AUC.
     """
+    from labjax.data import pipeline  # TensorFlow loads where data is read, not where a step is built
+
     collected, predictions, scores, labels = None, [], [], []
     batches = pipeline.eval_batches(data, split, config, None, jax.process_index(), jax.process_count())
     for batch in batches:
@@ -479,6 +480,11 @@ def train_and_evaluate(
 
     `stop_after_step` behaves like a SIGTERM after that step (tests use it to interrupt).
     """
+    # TensorFlow (tf.data, TensorBoard) loads here, where a run reads data: building a model, its
+    # state and step (benchmarks, notebooks, the GPU image without TensorFlow) do not need it.
+    from labjax import writers
+    from labjax.data import pipeline
+
     config_lib.validate(config)
     info = models.model_info(config.model.name)
     data = pipeline.load(config, info.preprocessing)  # bad data fails here, before the workdir is touched
@@ -720,6 +726,8 @@ def _checkpoint_config(config) -> ml_collections.ConfigDict:
 
 def _init_from_rows(init_from: str) -> list[dict]:
     """The per-epoch metrics of the run this one fine-tunes (plotted before its own)."""
+    from labjax import writers
+
     if not init_from:
         return []
     location = Path(init_from).expanduser()

@@ -196,3 +196,23 @@ def test_class_weights_and_mixed_labels_enter_the_loss_as_defined():
     other = np.roll(labels, 1)
     all_b = _small_cnn_update({"image": images, "label": labels, "label_b": other, "mix": np.zeros(8, np.float32)})
     np.testing.assert_allclose(all_b, _small_cnn_update({"image": images, "label": other}), rtol=1e-4, atol=1e-5)
+
+
+def test_building_a_model_and_its_train_step_does_not_load_tensorflow():
+    """TensorFlow loads where a run reads data: a step can be built where it is not installed (GPU images)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, jax\n"
+        "from labjax import config as config_lib, models, parallel, train\n"
+        "config = config_lib.base_config('classification')\n"
+        "config.model.name = 'lenet5'\n"
+        "model, frozen = models.build(config.model, 3, (28, 28, 1))\n"
+        "mesh = parallel.make_mesh()\n"
+        "train.create_train_state(config, model, mesh, (28, 28, 1), frozen)\n"
+        "train.make_train_step(mesh, 3)\n"
+        "print(sorted(m for m in ('tensorflow', 'tensorflow_datasets') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "[]"
