@@ -8,6 +8,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from labjax.models import layers
 from labjax.models.layers import Conv, ConvTranspose, DepthwiseConv, fast_convs_enabled
 
 EXPLICIT = ((1, 0), (2, 1))
@@ -114,6 +115,35 @@ def test_conv_transpose(x_shape, features, kernel, strides, padding, use_bias):
     y = _check(ConvTranspose(features, **kwargs), nn.ConvTranspose(features, **kwargs), x_shape)
     if padding == "SAME":
         assert y.shape == (x_shape[0], x_shape[1] * strides[0], x_shape[2] * strides[1], features)
+
+
+@pytest.mark.parametrize("x_shape, features, kernel, strides, padding, use_bias", TRANSPOSE_CASES[:-1])
+def test_gpu_conv_transpose_keeps_lax_forward_and_differentiates_through_taps(
+    x_shape, features, kernel, strides, padding, use_bias
+):
+    """The GPU path ("auto" off the CPU): lax's transposed convolution, with the taps formulation's
+    gradient (matmuls; XLA:GPU's own kernel gradient is a whole-image-window convolution)."""
+    del use_bias
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.standard_normal(x_shape), jnp.float32)
+    k = jnp.asarray(rng.standard_normal((*kernel, x_shape[-1], features)), jnp.float32)
+    pads = layers._transpose_pads(padding, kernel, strides)
+
+    def reference(x, k):
+        return jax.lax.conv_transpose(x, k, strides, pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    def hybrid(x, k):
+        return layers._conv_transpose_lax_taps_grad(x, k, strides, pads)
+
+    want, want_vjp = jax.vjp(reference, x, k)
+    got, got_vjp = jax.vjp(hybrid, x, k)
+    g = jnp.asarray(rng.standard_normal(want.shape), jnp.float32)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    for a, b in zip(got_vjp(g), want_vjp(g), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    assert "conv_general_dilated" in str(jax.make_jaxpr(hybrid)(x, k))
+    assert "conv_general_dilated" in str(jax.make_jaxpr(want_vjp)(g))  # lax's gradient: convolutions
+    assert "conv_general_dilated" not in str(jax.make_jaxpr(got_vjp)(g))  # the taps gradient: matmuls
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,8 @@ Which rewrite is used was decided by measuring value + gradient on 2 CPU cores
   all taps and a sum of shifted slices (1.4-1.7x lax); otherwise lax's
   convolution, the fastest forward tried, but when differentiated (training)
   im2col + matmul, whose value + gradient measured 1.3-3.7x faster.
-* transposed convolution: one matmul of the input with all kernel taps, then
+* transposed convolution (on a GPU too, for its gradient: see ``_conv_transpose_lax_taps_grad``):
+  one matmul of the input with all kernel taps, then
   each output phase (sub-pixel position) is a sum of shifted slices of that
   product, interleaved depth-to-space; its hand-written gradient takes the
   product's cotangent as im2col of the output gradient (one concatenate, where
@@ -346,6 +347,24 @@ def _conv_transpose_taps_bwd(strides, pads, residuals, g):
 _conv_transpose_taps.defvjp(_conv_transpose_taps_fwd, _conv_transpose_taps_bwd)
 
 
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_transpose_lax_taps_grad(x: Array, kernel: Array, strides: tuple[int, int], pads: Pads) -> Array:
+    """lax's transposed convolution (cuDNN's backward-data kernels on a GPU), differentiated as the taps one.
+
+    XLA:GPU writes the kernel gradient of an input-dilated convolution as a forward convolution
+    whose window is the whole image (127x127 for S0's logits layer); cuDNN runs that on a plain FP32
+    kernel: 30 of a 40 ms float32 S0 step on an H100. The taps gradient is two matmuls instead.
+    """
+    return lax.conv_transpose(x, kernel, strides, pads, dimension_numbers=_DIMENSION_NUMBERS)
+
+
+def _conv_transpose_lax_taps_grad_fwd(x, kernel, strides, pads):
+    return _conv_transpose_lax_taps_grad(x, kernel, strides, pads), (x, kernel)
+
+
+_conv_transpose_lax_taps_grad.defvjp(_conv_transpose_lax_taps_grad_fwd, _conv_transpose_taps_bwd)
+
+
 def _check_nhwc(x: Array) -> None:
     if x.ndim != 4:
         raise ValueError(f"expected an NHWC input, got shape {x.shape}")
@@ -437,6 +456,8 @@ class ConvTranspose(nn.Module):
         pads = _transpose_pads(self.padding, ksize, strides)
         if fast_convs_enabled(self.impl):
             y = _conv_transpose_fast(x, kernel, strides, pads)
+        elif self.impl == "auto" and strides != (1, 1):
+            y = _conv_transpose_lax_taps_grad(x, kernel, strides, pads)
         else:
             y = lax.conv_transpose(x, kernel, strides, pads, dimension_numbers=_DIMENSION_NUMBERS)
         return y if bias is None else y + bias
