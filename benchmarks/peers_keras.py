@@ -27,6 +27,7 @@ from benchmarks.speed_common import (  # noqa: E402
     SEED,
     STEPS_PER_EXECUTION,
     Workload,
+    peak_device_mb,
     peak_rss_mb,
     random_arrays,
     time_calls,
@@ -157,10 +158,20 @@ def _fit_rates(model: keras.Model, workload: Workload, *, steps: int, warmup: in
 
 
 def run(
-    workload: Workload, mode: str, *, steps: int, warmup: int, windows: int, infer: bool, jit_compile: bool
+    workload: Workload,
+    mode: str,
+    *,
+    steps: int,
+    warmup: int,
+    windows: int,
+    infer: bool,
+    jit_compile: bool,
+    precision: str = "float32",
 ) -> dict:
-    """Times training in `mode` (fit | fit_spe50 | train_on_batch) and, with `infer`, predict_on_batch."""
+    """Times training in `mode` (fit | fit_spe50 | train_on_batch) and, with `infer`, predict_on_batch;
+    `precision` bfloat16 sets Keras' mixed_bfloat16 policy (float32 weights, bfloat16 compute)."""
     keras.utils.set_random_seed(SEED)
+    keras.mixed_precision.set_global_policy("float32" if precision == "float32" else f"mixed_{precision}")
     model = build_model(workload)
     per_call = STEPS_PER_EXECUTION if mode == f"fit_spe{STEPS_PER_EXECUTION}" else 1
     model.compile(
@@ -208,4 +219,6 @@ def run(
         )
         result["infer_rate"] = timing["rate"]
     result["peak_rss_mb"] = peak_rss_mb()
+    if backend == "jax":
+        result["peak_device_mb"] = peak_device_mb()
     return result

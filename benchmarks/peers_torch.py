@@ -5,11 +5,14 @@ statistics counted, as Keras and labjax do): W0 MobileNetV2 encoder + pix2pix de
 ResNet50 (bottleneck blocks, biased convolutions as Keras') with the small-image stem, W2 the
 S2 CNN, W3 DenseNet121 + Linear, W4 ConvNN_1. Training is the usual eager loop (zero_grad,
 forward, cross-entropy, backward, step, plus the batch accuracy labjax and Keras also compute)
-on all cores, channels-last where the workload says it is faster.
+on all cores, channels-last where the workload says it is faster. On a machine with a CUDA GPU the
+model and batch live on it (cudnn.benchmark on, as a practitioner sets it); `precision` bfloat16 runs
+the forward pass under torch.autocast (float32 weights and optimizer, as the others' mixed precision).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -263,7 +266,17 @@ def param_counts(model: nn.Module) -> dict[str, int]:
     return {"params": int(params + stats), "trainable": int(trainable)}
 
 
-def run(workload: Workload, mode: str, *, steps: int, warmup: int, windows: int, infer: bool, threads: int = 0) -> dict:
+def run(
+    workload: Workload,
+    mode: str,
+    *,
+    steps: int,
+    warmup: int,
+    windows: int,
+    infer: bool,
+    threads: int = 0,
+    precision: str = "float32",
+) -> dict:
     """Times the eager training loop and, with `infer`, eval-mode forward passes under inference_mode.
 
     `threads` 0 means one per core. On a machine others share, fewer can be much faster: PyTorch's
@@ -274,12 +287,21 @@ def run(workload: Workload, mode: str, *, steps: int, warmup: int, windows: int,
     threads = threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
     torch.manual_seed(SEED)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    on_gpu = device.type == "cuda"
+    torch.backends.cudnn.benchmark = on_gpu
     model = build_model(workload)
-    layout = torch.channels_last if workload.torch_channels_last else torch.contiguous_format
-    model = model.to(memory_format=layout)
+    # cuDNN's fast convolutions want channels-last everywhere; on a CPU only where measured faster.
+    layout = torch.channels_last if workload.torch_channels_last or on_gpu else torch.contiguous_format
+    model = model.to(device=device, memory_format=layout)
     images, labels = random_arrays(workload, workload.batch_size)
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(memory_format=layout)
-    y = torch.from_numpy(labels).long()
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(memory_format=layout).to(device)
+    y = torch.from_numpy(labels).long().to(device)
+    if precision == "float32":
+        autocast = contextlib.nullcontext
+    else:
+        autocast = lambda: torch.autocast(device.type, dtype=getattr(torch, precision))  # noqa: E731
+    sync = torch.cuda.synchronize if on_gpu else (lambda: None)
     trainable = [p for p in model.parameters() if p.requires_grad]
     if workload.optimizer == "sgd":
         optimizer = torch.optim.SGD(trainable, workload.learning_rate, momentum=0.9, weight_decay=1e-4)
@@ -289,17 +311,23 @@ def run(workload: Workload, mode: str, *, steps: int, warmup: int, windows: int,
 
     def train_call() -> None:
         optimizer.zero_grad(set_to_none=True)
-        logits = model(x)
-        loss = F.cross_entropy(logits, y)
+        with autocast():
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
         loss.backward()
         optimizer.step()
         (logits.detach().argmax(1) == y).float().mean()  # the batch accuracy the others compute
 
-    timing = time_calls(train_call, calls=steps, warmup=warmup, windows=windows, images_per_call=workload.batch_size)
+    timing = time_calls(
+        train_call, calls=steps, warmup=warmup, windows=windows, images_per_call=workload.batch_size, sync=sync
+    )
     result = {
         "framework": "torch",
         "mode": mode,
-        "label": "torch eager" + (" channels-last" if workload.torch_channels_last else "") + f" {threads}T",
+        "label": "torch eager"
+        + (" cuda" if on_gpu else "")
+        + (" channels-last" if layout == torch.channels_last else "")
+        + ("" if on_gpu else f" {threads}T"),
         "train_rate": timing["rate"],
         "train_windows": timing["windows"],
         "first_step_s": timing["first_s"],
@@ -310,11 +338,13 @@ def run(workload: Workload, mode: str, *, steps: int, warmup: int, windows: int,
         model.eval()
 
         def infer_call() -> None:
-            with torch.inference_mode():
+            with torch.inference_mode(), autocast():
                 model(x)
 
         result["infer_rate"] = time_calls(
-            infer_call, calls=steps, warmup=warmup, windows=windows, images_per_call=workload.batch_size
+            infer_call, calls=steps, warmup=warmup, windows=windows, images_per_call=workload.batch_size, sync=sync
         )["rate"]
     result["peak_rss_mb"] = peak_rss_mb()
+    if on_gpu:
+        result["peak_device_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return result

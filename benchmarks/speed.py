@@ -2,6 +2,7 @@
 
     python benchmarks/speed.py --workloads W0,W1,W2,W3,W4 \\
         [--peers keras_tf,keras_tf_noxla,keras_jax,torch] [--windows 3 --steps N --warmup M] [--quick]
+        [--precision bfloat16]
 
 Every (workload, framework, mode) row runs in its own subprocess, one after another: Keras'
 backend is fixed when it is imported, and each row's peak host memory is then its own. Rows:
@@ -13,7 +14,9 @@ backend is fixed when it is imported, and each row's peak host memory is then it
 All train on random in-memory data (the input pipeline is benchmarked on its own). One table per
 workload case; the columns are explained in benchmarks/README.md. The float32 matmul rate measured
 before each workload (the best so far) is the ceiling that achieved GFLOP/s (XLA's FLOPs of labjax's
-step x steps/s) is compared with.
+step x steps/s) is compared with. `--precision bfloat16` trains every side in mixed precision
+(float32 weights, bfloat16 compute: labjax's `compute_dtype`, Keras' `mixed_bfloat16` policy, torch's
+autocast) and measures the ceiling in bfloat16; it is meant for a GPU.
 """
 
 from __future__ import annotations
@@ -87,12 +90,12 @@ def worker(args) -> None:
     if args.row == "ceiling":
         from benchmarks.speed_common import matmul_gflops
 
-        print(RESULT + json.dumps(matmul_gflops()), flush=True)
+        print(RESULT + json.dumps(matmul_gflops(args.precision)), flush=True)
         return
     case, framework, mode = args.row.split(":")
     workload = WORKLOADS[case]
     steps, warmup, windows = _sizes(workload, args)
-    sizes = dict(steps=steps, warmup=warmup, windows=windows, infer=args.infer)
+    sizes = dict(steps=steps, warmup=warmup, windows=windows, infer=args.infer, precision=args.precision)
     try:
         if framework == "labjax":
             from benchmarks import speed_labjax
@@ -109,7 +112,7 @@ def worker(args) -> None:
     except NotImplementedError as reason:
         print(SKIPPED + str(reason), flush=True)
         return
-    result.update(steps=steps, warmup=warmup, windows=windows)
+    result.update(steps=steps, warmup=warmup, windows=windows, precision=args.precision)
     print(RESULT + json.dumps(result), flush=True)
 
 
@@ -117,25 +120,27 @@ def _number(value, fmt: str = ",.1f") -> str:
     return "-" if value is None else format(value, fmt)
 
 
-def print_table(workload: Workload, rows: list[dict], ceiling: float | None) -> None:
+def print_table(workload: Workload, rows: list[dict], ceiling: float | None, precision: str) -> None:
     """One workload's table, the best peer and labjax's ratios, and the parameter check; `ceiling`
-    is the best float32 matmul GFLOP/s measured so far in this run."""
+    is the best matmul GFLOP/s in `precision` measured so far in this run."""
     done = [r for r in rows if "train_rate" in r]
     flops = next((r["flops_per_step"] for r in done if r.get("flops_per_step")), None)
     h, w, c = workload.image_shape
     print(
         f"\n== {workload.name}: {workload.title}, {h}x{w}x{c}, {workload.num_classes} classes, "
-        f"batch {workload.batch_size}, {workload.optimizer}"
+        f"batch {workload.batch_size}, {workload.optimizer}, {precision}"
     )
     if flops:
         print(f"   {flops / 1e9:,.3f} GFLOP per training step (XLA cost analysis of labjax's compiled step)")
     if ceiling:
-        print(f"   ceiling: {ceiling:,.1f} GFLOP/s, the best float32 matmul rate measured in this run")
+        print(f"   ceiling: {ceiling:,.1f} GFLOP/s, the best {precision} matmul rate measured in this run")
     peers = [r for r in done if r["framework"] != "labjax"]
     best = max(peers, key=lambda r: r["train_rate"], default=None)
     best_infer = max((r for r in peers if r.get("infer_rate")), key=lambda r: r["infer_rate"], default=None)
+    on_device = any(r.get("peak_device_mb") for r in done)  # a GPU: its memory is the one that limits
+    memory = ("peak dev MB", "peak_device_mb") if on_device else ("peak RSS MB", "peak_rss_mb")
     header = (
-        f"{'side':<40}{'train img/s':>12}{'infer img/s':>12}{'first step s':>13}{'peak RSS MB':>12}"
+        f"{'side':<40}{'train img/s':>12}{'infer img/s':>12}{'first step s':>13}{memory[0]:>12}"
         f"{'params':>12}{'trainable':>12}{'GFLOP/s':>9}{'% ceiling':>10}{'vs best peer':>13}"
     )
     print(header)
@@ -149,7 +154,7 @@ def print_table(workload: Workload, rows: list[dict], ceiling: float | None) -> 
         ratio = f"{r['train_rate'] / best['train_rate']:.2f}x" if best and r["framework"] == "labjax" else ""
         print(
             f"{r['label']:<40}{_number(r['train_rate']):>12}{_number(r.get('infer_rate')):>12}"
-            f"{_number(r['first_step_s'], '.2f'):>13}{_number(r['peak_rss_mb'], ',.0f'):>12}"
+            f"{_number(r['first_step_s'], '.2f'):>13}{_number(r.get(memory[1]), ',.0f'):>12}"
             f"{r['params']:>12,}{r['trainable']:>12,}{_number(achieved):>9}{share:>10}{ratio:>13}"
         )
     ours = [r for r in done if r["framework"] == "labjax"]
@@ -175,16 +180,16 @@ def print_table(workload: Workload, rows: list[dict], ceiling: float | None) -> 
         print(f"PARAMETER COUNTS DIFFER: {listed}")
 
 
-def measure_ceiling(timeout: float) -> dict:
-    """The float32 matmul rate, measured again before each workload: others' load lowers it, and
-    the best seen so far is the machine's ceiling."""
-    ceiling = run_row("ceiling", "labjax", [], timeout)
+def measure_ceiling(timeout: float, precision: str) -> dict:
+    """The matmul rate, measured again before each workload: others' load lowers it, and the best
+    seen so far is the machine's ceiling."""
+    ceiling = run_row("ceiling", "labjax", [f"--precision={precision}"], timeout)
     if "gflops" not in ceiling:
-        print(f"float32 matmul: not measured ({ceiling})", flush=True)
+        print(f"{precision} matmul: not measured ({ceiling})", flush=True)
         return ceiling
     rates = ", ".join(f"{k} {v:,.1f}" for k, v in ceiling["rates"].items())
     print(
-        f"float32 matmul: {ceiling['gflops']:,.1f} GFLOP/s ({ceiling['size']}^2 products, best of 5: {rates}) "
+        f"{precision} matmul: {ceiling['gflops']:,.1f} GFLOP/s ({ceiling['size']}^2 products, best of 5: {rates}) "
         f"on {ceiling['device']}, {len(os.sched_getaffinity(0))} cores, load {os.getloadavg()[0]:.1f}",
         flush=True,
     )
@@ -203,6 +208,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--torch-threads", type=int, default=0, help="PyTorch's threads (default: all cores)")
     parser.add_argument("--row-timeout", type=float, default=1800.0, help="seconds one row may take")
     parser.add_argument("--json", default="", help="also write every row's result to this file")
+    parser.add_argument(
+        "--precision", default="float32", choices=("float32", "bfloat16"), help="bfloat16: mixed precision (a GPU's)"
+    )
     parser.add_argument("--row", default="", help=argparse.SUPPRESS)  # internal: measure one row
     parser.add_argument("--infer", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -221,11 +229,11 @@ def main(argv: list[str] | None = None) -> None:
     frameworks = ([] if args.no_labjax else ["labjax"]) + peers
     passed = [f"--{k}={getattr(args, k)}" for k in ("steps", "windows") if getattr(args, k)]
     passed += [f"--warmup={args.warmup}"] * (args.warmup is not None) + ["--quick"] * args.quick
-    passed += [f"--torch-threads={args.torch_threads}"] * bool(args.torch_threads)
+    passed += [f"--torch-threads={args.torch_threads}"] * bool(args.torch_threads) + [f"--precision={args.precision}"]
 
     everything, gflops = {"ceilings": [], "rows": []}, None
     for case in cases:
-        ceiling = measure_ceiling(args.row_timeout)
+        ceiling = measure_ceiling(args.row_timeout, args.precision)
         everything["ceilings"].append(ceiling)
         gflops = max(gflops or 0.0, ceiling.get("gflops", 0.0)) or None
         workload, rows = WORKLOADS[case], []
@@ -241,7 +249,7 @@ def main(argv: list[str] | None = None) -> None:
                 took = time.perf_counter() - start
                 print(f"[{case}] {result['label']}: {status} ({took:.0f}s, load {load:.1f})", flush=True)
                 rows.append(result)
-        print_table(workload, rows, gflops)
+        print_table(workload, rows, gflops, args.precision)
         everything["rows"] += rows
     if args.json:
         Path(args.json).write_text(json.dumps(everything, indent=1))
