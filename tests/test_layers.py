@@ -9,7 +9,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from labjax.models import layers
-from labjax.models.layers import Conv, ConvTranspose, DepthwiseConv, fast_convs_enabled
+from labjax.models.layers import Conv, ConvTranspose, DepthwiseConv, fast_convs_enabled, max_pool
 
 EXPLICIT = ((1, 0), (2, 1))
 
@@ -212,3 +212,35 @@ def test_wide_conv_runs_lax_for_inference_and_im2col_when_differentiated():
     reference = jax.grad(lambda p, x: jnp.sum(layer.clone(impl="lax").apply(p, x) ** 2), argnums=(0, 1))(params, x)
     for a, b in zip(jax.tree.leaves(sharded(params, x)), jax.tree.leaves(reference), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(np.abs(b).max()))
+
+
+@pytest.mark.parametrize(
+    "shape, window, strides, padding, rewritten",
+    [
+        ((2, 6, 8, 3), (2, 2), None, "VALID", True),
+        ((2, 7, 5, 3), (2, 2), (2, 2), "VALID", True),  # odd sizes: the last row and column are dropped
+        ((2, 9, 6, 2), (3, 2), (3, 2), "SAME", True),  # SAME that needs no padding
+        ((2, 7, 6, 2), (2, 2), (2, 2), "SAME", False),  # SAME that pads: lax's
+        ((2, 7, 7, 2), (3, 3), (2, 2), "VALID", False),  # overlapping windows: lax's
+    ],
+)
+def test_max_pool_equals_flax_in_value_and_gradient(shape, window, strides, padding, rewritten):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal(shape), jnp.float32)
+    want, want_vjp = jax.vjp(lambda x: nn.max_pool(x, window, strides or window, padding), x)
+    got, got_vjp = jax.vjp(lambda x: max_pool(x, window, strides, padding, impl="fast"), x)
+    g = jnp.asarray(rng.standard_normal(want.shape), jnp.float32)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(got_vjp(g)[0], want_vjp(g)[0], rtol=1e-6, atol=1e-6)
+    gradient = str(jax.make_jaxpr(got_vjp)(g))
+    assert ("select_and_scatter" not in gradient) == rewritten
+    lax_only = str(
+        jax.make_jaxpr(lambda x: jax.vjp(lambda x: max_pool(x, window, strides, padding, impl="lax"), x)[1](g))(x)
+    )
+    assert "custom_vjp" not in lax_only
+
+
+def test_max_pool_ties_share_the_gradient():
+    x = jnp.asarray([[1.0, 3.0], [3.0, 2.0]]).reshape(1, 2, 2, 1)
+    dx = jax.grad(lambda x: max_pool(x, (2, 2), impl="fast").sum())(x)
+    np.testing.assert_array_equal(dx.reshape(2, 2), [[0.0, 0.5], [0.5, 0.0]])

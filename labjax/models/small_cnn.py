@@ -7,7 +7,7 @@ Dense(64,relu) Dense(classes), with Keras' 'valid' padding and glorot initialisa
 import flax.linen as nn
 import jax
 
-from labjax.models.layers import Conv
+from labjax.models.layers import Conv, max_pool
 
 glorot = nn.initializers.glorot_uniform()
 
@@ -19,7 +19,7 @@ class SmallCNN(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         x = jax.nn.relu(Conv(32, (3, 3), padding="VALID", kernel_init=glorot)(x))
-        x = nn.max_pool(x, (2, 2), (2, 2))
+        x = max_pool(x, (2, 2), (2, 2))
         x = jax.nn.relu(Conv(64, (3, 3), padding="VALID", kernel_init=glorot)(x))
         x = nn.avg_pool(x, (2, 2), (2, 2))
         x = jax.nn.relu(Conv(128, (3, 3), padding="VALID", kernel_init=glorot)(x))

@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from labjax.models.layers import Conv, Padding
+from labjax.models.layers import Conv, Padding, max_pool
 
 glorot = nn.initializers.glorot_uniform()  # Keras' default kernel initialiser (biases: zeros)
 
@@ -249,7 +249,7 @@ def _pool(x: jax.Array, kind: str, window: tuple[int, int], strides: tuple[int, 
     """Keras/PyTorch pooling: 'valid' floors; 'same' averages over the real (unpadded) pixels only."""
     _fits(x, window, strides, padding, f"{kind}pool{window}")
     if kind == "max":
-        return nn.max_pool(x, window, strides, padding.upper())
+        return max_pool(x, window, strides, padding.upper())
     return nn.avg_pool(x, window, strides, padding.upper(), count_include_pad=False)
 
 

@@ -10,7 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from labjax.models.layers import Conv, ConvTranspose
+from labjax.models.layers import Conv, ConvTranspose, max_pool
 from labjax.models.mobilenet_v2 import MobileNetV2
 from labjax.models.resnet import ResNet
 
@@ -107,7 +107,7 @@ class UNet(nn.Module):
         for level in range(self.depth):
             x = self._convs(x, self.features * 2**level, f"down_{level}", train)
             skips.append(x)
-            x = nn.max_pool(x, (2, 2), (2, 2))
+            x = max_pool(x, (2, 2), (2, 2))
         x = self._convs(x, self.features * 2**self.depth, "bottleneck", train)
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
         for level in reversed(range(self.depth)):

@@ -11,7 +11,7 @@ import functools
 import flax.linen as nn
 import jax
 
-from labjax.models.layers import Conv
+from labjax.models.layers import Conv, max_pool
 
 WIDTHS = (64, 128, 256, 512, 512)  # filters of blocks 1..5
 VGG16_DEPTHS = (2, 2, 3, 3, 3)  # convolutions per block
@@ -41,7 +41,7 @@ class VGG(nn.Module):
             for index in range(1, depth + 1):
                 x = Conv(width, (3, 3), padding="SAME", kernel_init=glorot, name=f"block{block}_conv{index}")(x)
                 x = nn.relu(x)
-            x = nn.max_pool(x, (2, 2), strides=(2, 2))  # block{block}_pool
+            x = max_pool(x, (2, 2), strides=(2, 2))  # block{block}_pool
         if not self.include_top:
             return x
         x = x.reshape(x.shape[0], -1)  # Keras' Flatten of the NHWC map: same element order
