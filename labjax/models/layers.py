@@ -176,6 +176,7 @@ def _conv_lax_im2col_grad_bwd(strides, pads, vjp, g):
 _conv_lax_im2col_grad.defvjp(_conv_lax_im2col_grad_fwd, _conv_lax_im2col_grad_bwd)
 
 
+@partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _conv_taps(x: Array, kernel: Array, pads: Pads) -> Array:
     """Stride-1 conv as one matmul of the input with all taps, then a sum of the taps' shifted products.
 
@@ -183,6 +184,42 @@ def _conv_taps(x: Array, kernel: Array, pads: Pads) -> Array:
     output is narrower than the input (DenseNet's 128 -> 32): measured 1.4-1.7x faster than
     XLA:CPU's convolution in value and gradient there, and slower when features >= cin.
     """
+    return _conv_taps_value(x, kernel, pads)
+
+
+def _conv_taps_fwd(x, kernel, pads):
+    return _conv_taps_value(x, kernel, pads), (x, kernel)
+
+
+def _conv_taps_bwd(pads, residuals, g):
+    """The product's cotangent: g shifted back once per tap, concatenated; then two matmuls.
+
+    Autodiff's version adds kh*kw zero-padded full-width copies, and XLA:CPU fuses whatever
+    computed g into each of them: in DenseNet, where g sums the BatchNorm gradients of every later
+    layer, that was a quarter of the training step. The barrier makes g be computed once.
+    """
+    x, kernel = residuals
+    kh, kw, cin, features = kernel.shape
+    (h, w), (out_h, out_w) = x.shape[1:3], g.shape[1:3]
+    (top, _), (left, _) = pads
+    g = lax.optimization_barrier(g)
+    shifted = [
+        _pad_spatial(g, ((i - top, h + top - i - out_h), (j - left, w + left - j - out_w)))
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    dz = jnp.concatenate(shifted, axis=-1).reshape(-1, kh * kw * features)
+    taps = kernel.transpose(2, 0, 1, 3).reshape(cin, kh * kw * features)
+    dx = jnp.dot(dz, taps.T, preferred_element_type=_acc_dtype(x.dtype)).reshape(x.shape)
+    dtaps = jnp.dot(x.reshape(-1, cin).T, dz, preferred_element_type=_acc_dtype(x.dtype))
+    dkernel = dtaps.reshape(cin, kh, kw, features).transpose(1, 2, 0, 3)
+    return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
+
+
+_conv_taps.defvjp(_conv_taps_fwd, _conv_taps_bwd)
+
+
+def _conv_taps_value(x: Array, kernel: Array, pads: Pads) -> Array:
     kh, kw, cin, features = kernel.shape
     n, h, w, _ = x.shape
     (top, bottom), (left, right) = pads
