@@ -434,16 +434,18 @@ def _max_pool_blocks(x: Array, window: tuple[int, int]) -> Array:
 
 
 def _max_pool_blocks_fwd(x, window):
-    y = _max_pool_blocks(x, window)
-    return y, (x, y)
+    return _max_pool_blocks(x, window), x
 
 
-def _max_pool_blocks_bwd(window, residuals, g):
-    x, y = residuals
-    (kh, kw), (n, h, w, c), (ho, wo) = window, x.shape, y.shape[1:3]
+def _max_pool_blocks_bwd(window, x, g):
+    # The maxima are found again here, from one materialised x: XLA may recompute x's producer
+    # (bias + ReLU) in the backward with other rounding, and the forward's output would then
+    # match no element of its window (0 hits: a NaN gradient).
+    x = lax.optimization_barrier(x)
+    (kh, kw), (n, h, w, c), (ho, wo) = window, x.shape, g.shape[1:3]
     blocks = x[:, : ho * kh, : wo * kw].reshape(n, ho, kh, wo, kw, c)
-    hit = blocks == y[:, :, None, :, None]
-    share = g / jnp.sum(hit, axis=(2, 4), dtype=g.dtype)
+    hit = blocks == jnp.max(blocks, axis=(2, 4), keepdims=True)
+    share = g / jnp.maximum(jnp.sum(hit, axis=(2, 4), dtype=g.dtype), 1)
     dx = jnp.where(hit, share[:, :, None, :, None], jnp.zeros((), g.dtype)).reshape(n, ho * kh, wo * kw, c)
     return (_pad_spatial(dx, ((0, h - ho * kh), (0, w - wo * kw))),)
 
