@@ -20,7 +20,8 @@ Which rewrite is used was decided by measuring value + gradient on 2 CPU cores
   the kernel gradient in one multi-output reduce (2-3x faster value+gradient).
 * general kxk: im2col + one matmul only when the patch depth kh*kw*cin is tiny
   (RGB stems); stride 1 with fewer output than input channels: one matmul with
-  all taps and a sum of shifted slices (1.4-1.7x lax); otherwise lax's
+  all taps and a sum of shifted slices (1.4-1.7x lax), whose hand-written gradient
+  computes the output gradient once (DenseNet: 1.24x a training step); otherwise lax's
   convolution, the fastest forward tried, but when differentiated (training)
   im2col + matmul, whose value + gradient measured 1.3-3.7x faster.
 * transposed convolution (on a GPU too, for its gradient: see ``_conv_transpose_lax_taps_grad``):
@@ -29,6 +30,9 @@ Which rewrite is used was decided by measuring value + gradient on 2 CPU cores
   product, interleaved depth-to-space; its hand-written gradient takes the
   product's cotangent as im2col of the output gradient (one concatenate, where
   autodiff sums k*k full-width pads), then two matmuls.
+* max pool with non-overlapping windows (``max_pool``): lax's forward, and a
+  gradient from a compare with the window's maximum (autodiff's carries argmax
+  index arrays: 2.5x slower value + gradient).
 """
 
 from collections.abc import Callable, Sequence
