@@ -213,11 +213,16 @@ def _conv_taps_bwd(pads, residuals, g):
         for j in range(kw)
     ]
     dz = jnp.concatenate(shifted, axis=-1).reshape(-1, kh * kw * features)
-    taps = kernel.transpose(2, 0, 1, 3).reshape(cin, kh * kw * features)
-    dx = jnp.dot(dz, taps.T, preferred_element_type=_acc_dtype(x.dtype)).reshape(x.shape)
-    dtaps = jnp.dot(x.reshape(-1, cin).T, dz, preferred_element_type=_acc_dtype(x.dtype))
+    dx, dtaps = _product_grads(x, kernel.transpose(2, 0, 1, 3).reshape(cin, kh * kw * features), dz)
     dkernel = dtaps.reshape(cin, kh, kw, features).transpose(1, 2, 0, 3)
-    return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
+    return dx, dkernel.astype(kernel.dtype)
+
+
+def _product_grads(x: Array, taps: Array, dz: Array) -> tuple[Array, Array]:
+    """Gradients of z = x @ taps (x flattened to pixels x cin) given dz: (dx in x's shape and dtype, dtaps)."""
+    acc = _acc_dtype(x.dtype)
+    dx = jnp.dot(dz, taps.T, preferred_element_type=acc).reshape(x.shape)
+    return dx.astype(x.dtype), jnp.dot(x.reshape(-1, x.shape[-1]).T, dz, preferred_element_type=acc)
 
 
 _conv_taps.defvjp(_conv_taps_fwd, _conv_taps_bwd)
@@ -379,10 +384,9 @@ def _conv_transpose_taps_bwd(strides, pads, residuals, g):
     windows = _windows(g, (kh, kw), strides, g_pads)  # tap (kh-1-jh, kw-1-jw) first
     dz = jnp.concatenate(windows, axis=-1).reshape(-1, kh * kw * features)
     flipped = kernel[::-1, ::-1].transpose(2, 0, 1, 3).reshape(cin, kh * kw * features)
-    dx = jnp.dot(dz, flipped.T, preferred_element_type=_acc_dtype(x.dtype)).reshape(x.shape)
-    dflipped = jnp.dot(x.reshape(-1, cin).T, dz, preferred_element_type=_acc_dtype(x.dtype))
+    dx, dflipped = _product_grads(x, flipped, dz)
     dkernel = dflipped.reshape(cin, kh, kw, features).transpose(1, 2, 0, 3)[::-1, ::-1]
-    return dx.astype(x.dtype), dkernel.astype(kernel.dtype)
+    return dx, dkernel.astype(kernel.dtype)
 
 
 _conv_transpose_taps.defvjp(_conv_transpose_taps_fwd, _conv_transpose_taps_bwd)
