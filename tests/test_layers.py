@@ -230,7 +230,8 @@ def test_max_pool_equals_flax_in_value_and_gradient(shape, window, strides, padd
     want, want_vjp = jax.vjp(lambda x: nn.max_pool(x, window, strides or window, padding), x)
     got, got_vjp = jax.vjp(lambda x: max_pool(x, window, strides, padding, impl="fast"), x)
     g = jnp.asarray(rng.standard_normal(want.shape), jnp.float32)
-    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got, want)  # training's forward
+    np.testing.assert_array_equal(max_pool(x, window, strides, padding, impl="fast"), want)  # inference's
     np.testing.assert_allclose(got_vjp(g)[0], want_vjp(g)[0], rtol=1e-6, atol=1e-6)
     gradient = str(jax.make_jaxpr(got_vjp)(g))
     assert ("select_and_scatter" not in gradient) == rewritten

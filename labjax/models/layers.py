@@ -35,6 +35,7 @@ Which rewrite is used was decided by measuring value + gradient on 2 CPU cores
   index arrays: 2.5x slower value + gradient).
 """
 
+import functools
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
@@ -422,7 +423,8 @@ def max_pool(
 
     XLA:CPU differentiates lax's max pool through a reduce-window that also carries four int32
     index arrays (the argmax) and a select-and-scatter: 100 of a 266 ms S2 step at batch 256
-    (value + gradient of a 2x2 pool of 256x26x26x32: 128 -> 52 ms). The forward stays lax's.
+    (value + gradient of a 2x2 pool of 256x26x26x32: 128 -> 52 ms). Inference keeps lax's pool;
+    training's forward is the elementwise maximum of the window's strided views (same values).
     Where a window holds several equal maxima they share its gradient (lax gives it all to the
     first); any share is a valid subgradient, and after a ReLU tied zeros get none either way.
     """
@@ -436,13 +438,27 @@ def max_pool(
     return _max_pool_blocks(x, window)
 
 
+def _block_views(x: Array, window: tuple[int, int]) -> list[Array]:
+    """The kh*kw strided views of x, one per position in a window: view[n, i, j, c] = x[n, i*kh + a, j*kw + b, c]."""
+    (kh, kw), (n, h, w, c) = window, x.shape
+    ho, wo = h // kh, w // kw
+    return [
+        lax.slice(x, (0, a, b, 0), (n, a + (ho - 1) * kh + 1, b + (wo - 1) * kw + 1, c), (1, kh, kw, 1))
+        for a in range(kh)
+        for b in range(kw)
+    ]
+
+
 @partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _max_pool_blocks(x: Array, window: tuple[int, int]) -> Array:
     return nn.max_pool(x, window, window, "VALID")
 
 
 def _max_pool_blocks_fwd(x, window):
-    return _max_pool_blocks(x, window), x
+    # Training takes the elementwise maximum of the window's strided views (the same values): the
+    # reduction XLA:CPU makes of lax's pool, over tiny inner axes, cost S4's batch-1 step more. Inference
+    # keeps lax's pool, faster on big batches (S2 at batch 256).
+    return functools.reduce(jnp.maximum, _block_views(x, window)), x
 
 
 def _max_pool_blocks_bwd(window, x, g):
@@ -451,10 +467,12 @@ def _max_pool_blocks_bwd(window, x, g):
     # match no element of its window (0 hits: a NaN gradient).
     x = lax.optimization_barrier(x)
     (kh, kw), (n, h, w, c), (ho, wo) = window, x.shape, g.shape[1:3]
-    blocks = x[:, : ho * kh, : wo * kw].reshape(n, ho, kh, wo, kw, c)
-    hit = blocks == jnp.max(blocks, axis=(2, 4), keepdims=True)
-    share = g / jnp.maximum(jnp.sum(hit, axis=(2, 4), dtype=g.dtype), 1)
-    dx = jnp.where(hit, share[:, :, None, :, None], jnp.zeros((), g.dtype)).reshape(n, ho * kh, wo * kw, c)
+    views = _block_views(x, window)
+    top = functools.reduce(jnp.maximum, views)
+    hits = [view == top for view in views]
+    share = g / jnp.maximum(sum(hit.astype(g.dtype) for hit in hits), 1)
+    parts = jnp.stack([jnp.where(hit, share, jnp.zeros((), g.dtype)) for hit in hits], axis=3)  # (n, ho, wo, kh*kw, c)
+    dx = parts.reshape(n, ho, wo, kh, kw, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, ho * kh, wo * kw, c)
     return (_pad_spatial(dx, ((0, h - ho * kh), (0, w - wo * kw))),)
 
 
