@@ -438,17 +438,6 @@ def max_pool(
     return _max_pool_blocks(x, window)
 
 
-def _block_views(x: Array, window: tuple[int, int]) -> list[Array]:
-    """The kh*kw strided views of x, one per position in a window: view[n, i, j, c] = x[n, i*kh + a, j*kw + b, c]."""
-    (kh, kw), (n, h, w, c) = window, x.shape
-    ho, wo = h // kh, w // kw
-    return [
-        lax.slice(x, (0, a, b, 0), (n, a + (ho - 1) * kh + 1, b + (wo - 1) * kw + 1, c), (1, kh, kw, 1))
-        for a in range(kh)
-        for b in range(kw)
-    ]
-
-
 @partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _max_pool_blocks(x: Array, window: tuple[int, int]) -> Array:
     return nn.max_pool(x, window, window, "VALID")
@@ -458,7 +447,7 @@ def _max_pool_blocks_fwd(x, window):
     # Training takes the elementwise maximum of the window's strided views (the same values): the
     # reduction XLA:CPU makes of lax's pool, over tiny inner axes, cost S4's batch-1 step more. Inference
     # keeps lax's pool, faster on big batches (S2 at batch 256).
-    return functools.reduce(jnp.maximum, _block_views(x, window)), x
+    return functools.reduce(jnp.maximum, _windows(x, window, window, ((0, 0), (0, 0)))), x
 
 
 def _max_pool_blocks_bwd(window, x, g):
@@ -467,7 +456,7 @@ def _max_pool_blocks_bwd(window, x, g):
     # match no element of its window (0 hits: a NaN gradient).
     x = lax.optimization_barrier(x)
     (kh, kw), (n, h, w, c), (ho, wo) = window, x.shape, g.shape[1:3]
-    views = _block_views(x, window)
+    views = _windows(x, window, window, ((0, 0), (0, 0)))
     top = functools.reduce(jnp.maximum, views)
     hits = [view == top for view in views]
     share = g / jnp.maximum(sum(hit.astype(g.dtype) for hit in hits), 1)
