@@ -30,9 +30,10 @@ Which rewrite is used was decided by measuring value + gradient on 2 CPU cores
   product, interleaved depth-to-space; its hand-written gradient takes the
   product's cotangent as im2col of the output gradient (one concatenate, where
   autodiff sums k*k full-width pads), then two matmuls.
-* max pool with non-overlapping windows (``max_pool``): lax's forward, and a
-  gradient from a compare with the window's maximum (autodiff's carries argmax
-  index arrays: 2.5x slower value + gradient).
+* max pool with non-overlapping windows (``max_pool``): lax's pool for inference;
+  in training the elementwise maximum of the window's strided views and a gradient
+  from a compare with it (autodiff's carries argmax index arrays: 2.5x slower
+  value + gradient).
 """
 
 import functools
@@ -443,11 +444,17 @@ def _max_pool_blocks(x: Array, window: tuple[int, int]) -> Array:
     return nn.max_pool(x, window, window, "VALID")
 
 
+def _views_and_maximum(x: Array, window: tuple[int, int]) -> tuple[list[Array], Array]:
+    """The window's kh*kw strided views of x and their elementwise maximum (the pool's output)."""
+    views = _windows(x, window, window, ((0, 0), (0, 0)))
+    return views, functools.reduce(jnp.maximum, views)
+
+
 def _max_pool_blocks_fwd(x, window):
-    # Training takes the elementwise maximum of the window's strided views (the same values): the
-    # reduction XLA:CPU makes of lax's pool, over tiny inner axes, cost S4's batch-1 step more. Inference
-    # keeps lax's pool, faster on big batches (S2 at batch 256).
-    return functools.reduce(jnp.maximum, _windows(x, window, window, ((0, 0), (0, 0)))), x
+    # Training takes the views' maximum (the same values): the reduction XLA:CPU makes of lax's pool,
+    # over tiny inner axes, cost S4's batch-1 step more. Inference keeps lax's pool, faster on big
+    # batches (S2 at batch 256).
+    return _views_and_maximum(x, window)[1], x
 
 
 def _max_pool_blocks_bwd(window, x, g):
@@ -456,8 +463,7 @@ def _max_pool_blocks_bwd(window, x, g):
     # match no element of its window (0 hits: a NaN gradient).
     x = lax.optimization_barrier(x)
     (kh, kw), (n, h, w, c), (ho, wo) = window, x.shape, g.shape[1:3]
-    views = _windows(x, window, window, ((0, 0), (0, 0)))
-    top = functools.reduce(jnp.maximum, views)
+    views, top = _views_and_maximum(x, window)
     hits = [view == top for view in views]
     share = g / jnp.maximum(sum(hit.astype(g.dtype) for hit in hits), 1)
     parts = jnp.stack([jnp.where(hit, share, jnp.zeros((), g.dtype)) for hit in hits], axis=3)  # (n, ho, wo, kh*kw, c)
