@@ -144,3 +144,16 @@ def test_registry_weights_are_keras_files():
             url, file_hash = variant["weights"][kind]
             assert url == getattr(keras_densenet, f"{name.upper()}_WEIGHT_PATH{suffix}")
             assert hashes[url.rsplit("/", 1)[1]] == file_hash
+
+
+def test_densenet121_matches_keras_where_transitions_see_odd_maps(keras121_top, template121_top):
+    # At 44 px the transitions pool 11x11 and 5x5 maps (the last row and column dropped): labjax pools
+    # before the 1x1 convolution and Keras after it, which must agree there too.
+    keras_model = keras.applications.DenseNet121(
+        weights=None, input_shape=(44, 44, 3), classes=5, classifier_activation=None
+    )
+    keras_model.set_weights(keras121_top.get_weights())
+    x = np.random.default_rng(3).normal(size=(2, 44, 44, 3)).astype("float32")
+    variables = assign(template121_top, layers_from_model(keras_model))
+    model = densenet.DenseNet121(num_classes=5, include_top=True)
+    _assert_close(_apply(model, variables, x, train=False), keras_model(x, training=False))
