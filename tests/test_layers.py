@@ -220,8 +220,10 @@ def test_wide_conv_runs_lax_for_inference_and_im2col_when_differentiated():
         ((2, 6, 8, 3), (2, 2), None, "VALID", True),
         ((2, 7, 5, 3), (2, 2), (2, 2), "VALID", True),  # odd sizes: the last row and column are dropped
         ((2, 9, 6, 2), (3, 2), (3, 2), "SAME", True),  # SAME that needs no padding
-        ((2, 7, 6, 2), (2, 2), (2, 2), "SAME", False),  # SAME that pads: lax's
-        ((2, 7, 7, 2), (3, 3), (2, 2), "VALID", False),  # overlapping windows: lax's
+        ((2, 7, 6, 2), (2, 2), (2, 2), "SAME", True),  # SAME that pads (-inf)
+        ((2, 7, 7, 2), (3, 3), (2, 2), "VALID", True),  # overlapping windows
+        ((2, 8, 9, 2), (3, 3), (2, 2), "SAME", True),  # overlapping and padded (Xception)
+        ((1, 6, 5, 3), (3, 2), (1, 2), ((1, 2), (0, 1)), True),  # explicit pads, stride 1 on one axis
     ],
 )
 def test_max_pool_equals_flax_in_value_and_gradient(shape, window, strides, padding, rewritten):

@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from labjax.models.layers import Conv
+from labjax.models.layers import Conv, max_pool
 
 BN_EPSILON = 1.001e-5  # Keras DenseNet's value (the pretrained statistics assume it)
 glorot = nn.initializers.glorot_uniform()  # Keras' default Conv2D/Dense kernel initialiser
@@ -53,7 +53,7 @@ class DenseNet(nn.Module):
         x = conv(64, (7, 7), (2, 2), ((3, 3), (3, 3)), name="conv1_conv")(x)
         x = bn_relu("conv1_bn", x)
         x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))  # Keras pads with zeros, not -inf (same after ReLU)
-        x = nn.max_pool(x, (3, 3), (2, 2), "VALID")  # pool1
+        x = max_pool(x, (3, 3), (2, 2), "VALID")  # pool1
         for stage, num_blocks in enumerate(self.blocks, start=2):
             x = _dense_block(x, num_blocks, self.growth_rate, f"conv{stage}", bn_relu, conv)
             if stage < len(self.blocks) + 1:  # transition (pool{stage}) after every block but the last

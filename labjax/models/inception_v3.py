@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from labjax.models.layers import Conv, Padding
+from labjax.models.layers import Conv, Padding, max_pool
 
 glorot = nn.initializers.glorot_uniform()  # Keras' default for Conv2D and Dense
 ConvBN = Callable[..., jax.Array]  # (x, filters, kernel rows, kernel cols, strides=1, padding="SAME") -> x
@@ -32,7 +32,7 @@ MIN_SIZE = {"inceptionv3": 75}
 
 
 def _max_pool(x: jax.Array) -> jax.Array:
-    return nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+    return max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
 
 
 def _avg_pool(x: jax.Array) -> jax.Array:

@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from labjax.models.layers import Conv
+from labjax.models.layers import Conv, max_pool
 
 Array = jax.Array
 
@@ -40,7 +40,7 @@ def _zero_pad(x: Array, pad: int) -> Array:
 
 def _stem_pool(x: Array) -> Array:
     """Keras' pool1_pad (zeros) + MaxPooling2D(3, 2). Zeros equal torch's -inf pads after a ReLU."""
-    return nn.max_pool(_zero_pad(x, 1), (3, 3), (2, 2), padding="VALID")
+    return max_pool(_zero_pad(x, 1), (3, 3), (2, 2), padding="VALID")
 
 
 def _bn_factory(train: bool, frozen: tuple[str, ...], momentum: float, epsilon: float) -> Callable[[str], nn.BatchNorm]:

@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from labjax.models.layers import Conv, SeparableConv
+from labjax.models.layers import Conv, SeparableConv, max_pool
 
 RESIDUAL_CONVS = ("conv2d_1", "conv2d_2", "conv2d_3", "conv2d_4")
 RESIDUAL_BNS = ("batch_normalization_1", "batch_normalization_2", "batch_normalization_3", "batch_normalization_4")
@@ -53,7 +53,7 @@ class Xception(nn.Module):
             return bn(conv(value), RESIDUAL_BNS[index])
 
         def pool(value: jax.Array) -> jax.Array:
-            return nn.max_pool(value, (3, 3), strides=(2, 2), padding="SAME")
+            return max_pool(value, (3, 3), strides=(2, 2), padding="SAME")
 
         x = Conv(32, (3, 3), (2, 2), "VALID", use_bias=False, kernel_init=glorot, name="block1_conv1")(x)
         x = nn.relu(bn(x, "block1_conv1_bn"))
