@@ -247,3 +247,10 @@ def test_max_pool_ties_share_the_gradient():
     x = jnp.asarray([[1.0, 3.0], [3.0, 2.0]]).reshape(1, 2, 2, 1)
     dx = jax.grad(lambda x: max_pool(x, (2, 2), impl="fast").sum())(x)
     np.testing.assert_array_equal(dx.reshape(2, 2), [[0.0, 0.5], [0.5, 0.0]])
+
+
+def test_overlapping_max_pool_ties_share_each_window_gradient():
+    # 2x2 windows at stride 1 over a constant 3x3 map: every window's four cells tie and take a quarter
+    # of it, so a cell gets a quarter per window it is in.
+    dx = jax.grad(lambda x: max_pool(x, (2, 2), (1, 1), impl="fast").sum())(jnp.ones((1, 3, 3, 1)))
+    np.testing.assert_allclose(dx.reshape(3, 3), [[0.25, 0.5, 0.25], [0.5, 1.0, 0.5], [0.25, 0.5, 0.25]])
