@@ -428,9 +428,9 @@ def max_pool(
     for them, faster on big batches (S2 at batch 256). Overlapping or padded windows (3x3 stride 2
     in ResNet, DenseNet, Xception and InceptionV3 stems) take the views' maximum of the input padded
     with -inf in inference and training, and a gradient from a compare with it: 1.1-2.3x faster
-    value, 1.8-2.6x faster gradient than lax's (32x48x48x64, 8x48x48x64). Where a window holds several equal maxima they share
-    its gradient (lax gives it all to the first); any share is a valid subgradient, and after a
-    ReLU tied zeros get none either way.
+    value, 1.8-2.6x faster gradient than lax's (32x48x48x64, 8x48x48x64). Where a window holds
+    several equal maxima they share its gradient (lax gives it all to the first); any share is a
+    valid subgradient, and after a ReLU tied zeros get none either way.
     """
     window = _pair(window)
     strides = window if strides is None else _pair(strides)
