@@ -450,25 +450,38 @@ def _strided_views(x: Array, window: tuple[int, int], strides: tuple[int, int], 
     return _windows(padded, window, strides, ((0, 0), (0, 0)))
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
-def _max_pool_views(x: Array, window: tuple[int, int], strides: tuple[int, int], pads: Pads) -> Array:
+def _views_maximum(x: Array, window: tuple[int, int], strides: tuple[int, int], pads: Pads) -> Array:
+    """The pool's output: the elementwise maximum of the window's strided views."""
     return functools.reduce(jnp.maximum, _strided_views(x, window, strides, pads))
 
 
+def _gradient_per_view(views: list[Array], g: Array) -> list[Array]:
+    """Each view's part of the pool's gradient: g where the view holds its window's maximum, shared
+    equally between tied maxima. The views must come from one materialised x (behind a barrier):
+    XLA may recompute x's producer (bias + ReLU) in the backward with other rounding, and the
+    forward's output would then match no element of its window (0 hits: a NaN gradient)."""
+    top = functools.reduce(jnp.maximum, views)
+    hits = [view == top for view in views]
+    share = g / jnp.maximum(sum(hit.astype(g.dtype) for hit in hits), 1)
+    return [jnp.where(hit, share, jnp.zeros((), g.dtype)) for hit in hits]
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _max_pool_views(x: Array, window: tuple[int, int], strides: tuple[int, int], pads: Pads) -> Array:
+    return _views_maximum(x, window, strides, pads)
+
+
 def _max_pool_views_fwd(x, window, strides, pads):
-    return _max_pool_views(x, window, strides, pads), x
+    return _views_maximum(x, window, strides, pads), x
 
 
 def _max_pool_views_bwd(window, strides, pads, x, g):
     # The barrier on g: autodiff's gradient (one zero-interleaved pad per view) made XLA:CPU compute
     # g's producer once per view, at the input's resolution (DenseNet's stem pool, where g sums six
-    # BatchNorm gradients: 205 ms of a 2.4 s step). On x, as in the non-overlapping pool's gradient.
+    # BatchNorm gradients: 205 ms of a 2.4 s step).
     x, g = lax.optimization_barrier((x, g))
     views, unpad = jax.vjp(lambda x: _strided_views(x, window, strides, pads), x)
-    top = functools.reduce(jnp.maximum, views)
-    hits = [view == top for view in views]
-    share = g / jnp.maximum(sum(hit.astype(g.dtype) for hit in hits), 1)
-    return unpad([jnp.where(hit, share, jnp.zeros((), g.dtype)) for hit in hits])
+    return unpad(_gradient_per_view(views, g))
 
 
 _max_pool_views.defvjp(_max_pool_views_fwd, _max_pool_views_bwd)
@@ -479,29 +492,19 @@ def _max_pool_blocks(x: Array, window: tuple[int, int]) -> Array:
     return nn.max_pool(x, window, window, "VALID")
 
 
-def _views_and_maximum(x: Array, window: tuple[int, int]) -> tuple[list[Array], Array]:
-    """The window's kh*kw strided views of x and their elementwise maximum (the pool's output)."""
-    views = _windows(x, window, window, ((0, 0), (0, 0)))
-    return views, functools.reduce(jnp.maximum, views)
-
-
 def _max_pool_blocks_fwd(x, window):
     # Training takes the views' maximum (the same values): the reduction XLA:CPU makes of lax's pool,
     # over tiny inner axes, cost S4's batch-1 step more. Inference keeps lax's pool, faster on big
     # batches (S2 at batch 256).
-    return _views_and_maximum(x, window)[1], x
+    return _views_maximum(x, window, window, ((0, 0), (0, 0))), x
 
 
 def _max_pool_blocks_bwd(window, x, g):
-    # The maxima are found again here, from one materialised x: XLA may recompute x's producer
-    # (bias + ReLU) in the backward with other rounding, and the forward's output would then
-    # match no element of its window (0 hits: a NaN gradient).
+    # Windows that do not overlap: the views' parts interleave into dx (a reshape), no per-view pads.
     x = lax.optimization_barrier(x)
     (kh, kw), (n, h, w, c), (ho, wo) = window, x.shape, g.shape[1:3]
-    views, top = _views_and_maximum(x, window)
-    hits = [view == top for view in views]
-    share = g / jnp.maximum(sum(hit.astype(g.dtype) for hit in hits), 1)
-    parts = jnp.stack([jnp.where(hit, share, jnp.zeros((), g.dtype)) for hit in hits], axis=3)  # (n, ho, wo, kh*kw, c)
+    parts = _gradient_per_view(_strided_views(x, window, window, ((0, 0), (0, 0))), g)
+    parts = jnp.stack(parts, axis=3)  # (n, ho, wo, kh*kw, c)
     dx = parts.reshape(n, ho, wo, kh, kw, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, ho * kh, wo * kw, c)
     return (_pad_spatial(dx, ((0, h - ho * kh), (0, w - wo * kw))),)
 
