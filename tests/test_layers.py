@@ -60,6 +60,12 @@ CONV_CASES = [
     ((2, 9, 6, 40), 8, (3, 2), (1, 1), ((2, 0), (0, 3)), True),  # uneven explicit pads, rectangular kernel
     ((2, 8, 8, 40), 8, (4, 4), (1, 1), "SAME", False),  # even kernel: SAME pads more after
     ((2, 6, 6, 40), 40, (3, 3), (1, 1), "SAME", False),  # as wide as the input: lax forward, im2col gradient
+    # maps smaller than the kernel's reach: taps that only see padding are dropped
+    ((2, 1, 1, 40), 8, (3, 3), (1, 1), "SAME", True),  # a 1x1 map: the centre tap
+    ((2, 3, 1, 12), 12, (1, 3), (1, 1), "SAME", False),  # InceptionV3's 1x3 on a 1-wide map
+    ((2, 2, 3, 40), 40, (5, 5), (1, 1), "SAME", False),  # 3 of 5 rows live, all 5 columns
+    ((2, 2, 2, 8), 6, (3, 3), (2, 2), "SAME", True),  # strided: the last row and column dead
+    ((2, 3, 4, 8), 6, (3, 3), (2, 2), ((3, 0), (0, 0)), True),  # first row dead, the input's last row unread
 ]
 
 
@@ -83,6 +89,8 @@ DEPTHWISE_CASES = [
     ((2, 7, 8, 4), (2, 4), (1, 1), "SAME", 1, False),  # even kernel: SAME pads more after
     ((2, 6, 6, 3), (3, 3), (1, 1), "VALID", 1, True),
     ((2, 9, 8, 3), (5, 3), (1, 1), ((3, 0), (0, 2)), 1, False),
+    ((2, 1, 1, 4), (3, 3), (1, 1), "SAME", 2, False),  # a 1x1 map: the centre tap (EfficientNet at 32 px)
+    ((2, 2, 3, 3), (5, 5), (2, 2), "SAME", 1, True),
 ]
 
 
@@ -184,6 +192,38 @@ def test_batch_sharded(layer):
     assert "all-gather" not in sharded.lower(params, x).compile().as_text()
     for a, b in zip(jax.tree.leaves(sharded(params, x)), jax.tree.leaves(jax.jit(grads)(params, x)), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "x_shape, kernel, strides, padding, live_kernel, live_pads, rows_read",
+    [
+        ((1, 1, 1, 1), (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1), ((0, 0), (0, 0)), (1, 1)),
+        ((1, 2, 5, 1), (5, 5), (1, 1), ((2, 2), (2, 2)), (3, 5), ((1, 1), (2, 2)), (2, 5)),
+        ((1, 1, 4, 1), (1, 7), (1, 1), ((0, 0), (3, 3)), (1, 7), ((0, 0), (3, 3)), (1, 4)),  # nothing dead
+        ((1, 2, 2, 1), (3, 3), (2, 2), ((0, 1), (0, 1)), (2, 2), ((0, 0), (0, 0)), (2, 2)),
+        ((1, 3, 3, 1), (3, 3), (2, 2), ((3, 0), (0, 0)), (2, 3), ((2, 0), (0, 0)), (2, 3)),
+    ],
+)
+def test_live_taps_drops_the_kernel_edges_that_only_see_padding(
+    x_shape, kernel, strides, padding, live_kernel, live_pads, rows_read
+):
+    x, w = jnp.ones(x_shape), jnp.arange(kernel[0] * kernel[1], dtype=jnp.float32).reshape(*kernel, 1, 1)
+    x_live, w_live, pads = layers._live_taps(x, w, strides, padding)
+    assert w_live.shape[:2] == live_kernel and pads == live_pads and x_live.shape[1:3] == rows_read
+    want = layers._conv_lax(x, w, strides, padding)
+    np.testing.assert_array_equal(layers._conv_lax(x_live, w_live, strides, pads), want)
+
+
+def test_conv_of_a_one_pixel_map_is_a_matmul_over_its_channels():
+    """A 3x3 'same' conv of ResNet's last 1x1 maps (32 px inputs) multiplies only its centre tap."""
+    layer = Conv(64, impl="fast")
+    x = jnp.zeros((2, 1, 1, 128))
+    params = layer.init(jax.random.key(0), x)
+    grad = jax.make_jaxpr(jax.grad(lambda p: layer.apply(p, x).sum()))(params)
+    dots = [e for e in grad.jaxpr.eqns if e.primitive.name == "dot_general"]
+    dims = {d for e in dots for v in e.invars for d in v.aval.shape}
+    assert dots and not dims & {9 * 128, 9 * 64}  # no im2col patches (9 * cin), no tap products (9 * features)
+    assert "conv_general_dilated" not in str(grad)
 
 
 @pytest.mark.parametrize("features, uses_lax", [(8, False), (40, True)])

@@ -30,6 +30,8 @@ Which rewrite is used was decided by measuring value + gradient on 2 CPU cores
   product, interleaved depth-to-space; its hand-written gradient takes the
   product's cotangent as im2col of the output gradient (one concatenate, where
   autodiff sums k*k full-width pads), then two matmuls.
+* kernel taps that only ever multiply padding (maps smaller than the kernel's reach) are
+  dropped before any of these (``_live_taps``), on every backend.
 * max pool (``max_pool``): the elementwise maximum of the window's strided views
   (autodiff's gradient of lax's pool carries argmax index arrays: 2.5x slower value +
   gradient) and a gradient from a compare with it; non-overlapping windows keep
@@ -107,6 +109,34 @@ def _explicit_pads(padding: Padding) -> Pads:
         raise ValueError(f"padding must be 'SAME', 'VALID' or ((top, bottom), (left, right)), got {padding!r}")
     (top, bottom), (left, right) = padding
     return (int(top), int(bottom)), (int(left), int(right))
+
+
+def _live_taps(x: Array, kernel: Array, strides: tuple[int, int], pads: Pads) -> tuple[Array, Array, Pads]:
+    """(x, kernel, pads) without the kernel's edge rows / columns that only ever multiply padding.
+
+    On maps smaller than the kernel's reach (a 3x3 "same" convolution of a 1x1 map is its centre
+    tap: the last stages of ResNet, DenseNet and EfficientNet on S3's 32 px images, InceptionV3's
+    1x3 / 3x1 convolutions at 96 px) those taps add exact zeros; dropping them leaves the output
+    unchanged and skips their work. Measured on 2 cores: ResNet50 training at 32 px 1.09x,
+    EfficientNetB0 1.13x, InceptionV3 inference at 96 px 1.09x (XLA:CPU had lowered its 1x3
+    convolutions of 1x1 maps to a slow generic convolution). A dropped tap's gradient is zero either way.
+    """
+    kept, new_pads = [], []
+    for n, k, s, (lo, hi) in zip(x.shape[1:3], kernel.shape[:2], strides, pads):
+        out = (n + lo + hi - k) // s + 1
+        live = [i for i in range(k) if any(0 <= i - lo + s * t < n for t in range(out))]
+        if not live:  # no output reads the input (or there is no output): nothing to save
+            return x, kernel, pads
+        first, last = live[0], live[-1]
+        kept.append(slice(first, last + 1))
+        # Tap `first` becomes tap 0, and the far pad is what keeps `out` outputs.
+        new_pads.append((lo - first, (out - 1) * s + last + 1 - n - lo))
+    if kernel.shape[:2] == tuple(sl.stop - sl.start for sl in kept):
+        return x, kernel, pads
+    (top, bottom), (left, right) = new_pads
+    # A negative far pad (strided windows that never reach the last rows) drops those rows.
+    x = x[:, : x.shape[1] + min(bottom, 0), : x.shape[2] + min(right, 0)]
+    return x, kernel[kept[0], kept[1]], ((top, max(bottom, 0)), (left, max(right, 0)))
 
 
 def _pad_spatial(x: Array, pads: Pads) -> Array:
@@ -540,6 +570,7 @@ class Conv(nn.Module):
         x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
         pads = _conv_pads(self.padding, x.shape[1:3], ksize, strides)
         conv = _conv_fast if fast_convs_enabled(self.impl) else _conv_lax
+        x, kernel, pads = _live_taps(x, kernel, strides, pads)
         y = conv(x, kernel, strides, pads)
         return y if bias is None else y + bias
 
@@ -568,7 +599,7 @@ class DepthwiseConv(nn.Module):
         kernel = self.param("kernel", self.kernel_init, ksize + (1, features), self.param_dtype)
         bias = self.param("bias", self.bias_init, (features,), self.param_dtype) if self.use_bias else None
         x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
-        pads = _conv_pads(self.padding, x.shape[1:3], ksize, strides)
+        x, kernel, pads = _live_taps(x, kernel, strides, _conv_pads(self.padding, x.shape[1:3], ksize, strides))
         if fast_convs_enabled(self.impl):
             y = _depthwise_fast(x, kernel, strides, pads)
         else:
@@ -640,7 +671,7 @@ class SeparableConv(nn.Module):
         pointwise = self.param("pointwise_kernel", self.kernel_init, (1, 1, middle, self.features), self.param_dtype)
         bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
         x, depthwise, pointwise, bias = promote_dtype(x, depthwise, pointwise, bias, dtype=self.dtype)
-        pads = _conv_pads(self.padding, x.shape[1:3], ksize, strides)
+        x, depthwise, pads = _live_taps(x, depthwise, strides, _conv_pads(self.padding, x.shape[1:3], ksize, strides))
         if fast_convs_enabled(self.impl):
             y = _depthwise_fast(x, depthwise, strides, pads)
             y = _conv_fast(y, pointwise, (1, 1), ((0, 0), (0, 0)))
