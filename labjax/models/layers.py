@@ -111,8 +111,9 @@ def _explicit_pads(padding: Padding) -> Pads:
     return (int(top), int(bottom)), (int(left), int(right))
 
 
-def _live_taps(x: Array, kernel: Array, strides: tuple[int, int], pads: Pads) -> tuple[Array, Array, Pads]:
-    """(x, kernel, pads) without the kernel's edge rows / columns that only ever multiply padding.
+def _live_taps(x: Array, kernel: Array, strides: tuple[int, int], padding: Padding) -> tuple[Array, Array, Pads]:
+    """(x, kernel, explicit pads) of a convolution with ``padding``, without the kernel's edge rows /
+    columns that only ever multiply padding.
 
     On maps smaller than the kernel's reach (a 3x3 "same" convolution of a 1x1 map is its centre
     tap: the last stages of ResNet, DenseNet and EfficientNet on S3's 32 px images, InceptionV3's
@@ -121,6 +122,7 @@ def _live_taps(x: Array, kernel: Array, strides: tuple[int, int], pads: Pads) ->
     EfficientNetB0 1.13x, InceptionV3 inference at 96 px 1.09x (XLA:CPU had lowered its 1x3
     convolutions of 1x1 maps to a slow generic convolution). A dropped tap's gradient is zero either way.
     """
+    pads = _conv_pads(padding, x.shape[1:3], kernel.shape[:2], strides)
     kept, new_pads = [], []
     for n, k, s, (lo, hi) in zip(x.shape[1:3], kernel.shape[:2], strides, pads):
         out = (n + lo + hi - k) // s + 1
@@ -489,7 +491,7 @@ def _gradient_per_view(views: list[Array], g: Array) -> list[Array]:
     """Each view's part of the pool's gradient: g where the view holds its window's maximum, shared
     equally between tied maxima. The views must come from one materialised x (behind a barrier):
     XLA may recompute x's producer (bias + ReLU) in the backward with other rounding, and the
-    forward's output would then match no element of its window (0 hits: a NaN gradient)."""
+    forward's output would then match no element of its window (0 hits: the window's gradient lost)."""
     top = functools.reduce(jnp.maximum, views)
     hits = [view == top for view in views]
     share = g / jnp.maximum(sum(hit.astype(g.dtype) for hit in hits), 1)
@@ -568,9 +570,8 @@ class Conv(nn.Module):
         kernel = self.param("kernel", self.kernel_init, ksize + (x.shape[-1], self.features), self.param_dtype)
         bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
         x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
-        pads = _conv_pads(self.padding, x.shape[1:3], ksize, strides)
+        x, kernel, pads = _live_taps(x, kernel, strides, self.padding)
         conv = _conv_fast if fast_convs_enabled(self.impl) else _conv_lax
-        x, kernel, pads = _live_taps(x, kernel, strides, pads)
         y = conv(x, kernel, strides, pads)
         return y if bias is None else y + bias
 
@@ -599,7 +600,7 @@ class DepthwiseConv(nn.Module):
         kernel = self.param("kernel", self.kernel_init, ksize + (1, features), self.param_dtype)
         bias = self.param("bias", self.bias_init, (features,), self.param_dtype) if self.use_bias else None
         x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
-        x, kernel, pads = _live_taps(x, kernel, strides, _conv_pads(self.padding, x.shape[1:3], ksize, strides))
+        x, kernel, pads = _live_taps(x, kernel, strides, self.padding)
         if fast_convs_enabled(self.impl):
             y = _depthwise_fast(x, kernel, strides, pads)
         else:
@@ -671,7 +672,7 @@ class SeparableConv(nn.Module):
         pointwise = self.param("pointwise_kernel", self.kernel_init, (1, 1, middle, self.features), self.param_dtype)
         bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
         x, depthwise, pointwise, bias = promote_dtype(x, depthwise, pointwise, bias, dtype=self.dtype)
-        x, depthwise, pads = _live_taps(x, depthwise, strides, _conv_pads(self.padding, x.shape[1:3], ksize, strides))
+        x, depthwise, pads = _live_taps(x, depthwise, strides, self.padding)
         if fast_convs_enabled(self.impl):
             y = _depthwise_fast(x, depthwise, strides, pads)
             y = _conv_fast(y, pointwise, (1, 1), ((0, 0), (0, 0)))
