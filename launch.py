@@ -11,10 +11,15 @@ Several processes (hosts): add --coordinator=HOST:PORT --num_processes=N --proce
 (or start it under srun/mpirun, which JAX detects).
 """
 
-from absl import app, flags
-from ml_collections import config_flags
+if __name__ == "__main__":  # first, before anything allocates: XLA:CPU's step buffers on huge pages
+    from labjax import host_memory
 
-from labjax import cli
+    host_memory.restart_with_huge_pages()
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from labjax import cli  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/seg_mobilenet.py:smoke.", lock_config=True)

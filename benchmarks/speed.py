@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.speed_common import GROUPS, STEPS_PER_EXECUTION, WORKLOADS, Workload  # noqa: E402
+from labjax import host_memory  # noqa: E402
 
 FRAMEWORKS = ("labjax", "keras_tf", "keras_tf_noxla", "keras_jax", "torch")
 PEERS = FRAMEWORKS[1:]
@@ -59,20 +60,25 @@ def _sizes(workload: Workload, args) -> tuple[int, int, int]:
     return steps, warmup, windows
 
 
-def _environment(framework: str) -> dict[str, str]:
+def _environment(framework: str, huge_pages: str) -> dict[str, str]:
+    """A row's environment. `huge_pages` (labjax | all | none): whose rows get glibc's huge-page
+    tunable, which launch.py sets for itself (labjax/host_memory.py); by default peers run as their
+    own users run them, without it."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
+    if huge_pages == "all" or (huge_pages == "labjax" and framework == "labjax"):
+        env = host_memory.huge_pages_environment(env) or env
     env["LABJAX_COMPILATION_CACHE"] = ""  # first-step times are compile times, never cache hits
     if framework.startswith("keras"):
         env["KERAS_BACKEND"] = "jax" if framework == "keras_jax" else "tensorflow"
     return env
 
 
-def run_row(row: str, framework: str, extra: list[str], timeout: float) -> dict:
+def run_row(row: str, framework: str, extra: list[str], timeout: float, huge_pages: str = "labjax") -> dict:
     """One row in a fresh subprocess; its result, or {"skipped": why} / {"failed": why}."""
     command = [sys.executable, str(Path(__file__).resolve()), "--row", row, *extra]
     try:
         done = subprocess.run(
-            command, capture_output=True, text=True, timeout=timeout, env=_environment(framework), cwd=ROOT
+            command, capture_output=True, text=True, timeout=timeout, env=_environment(framework, huge_pages), cwd=ROOT
         )
     except subprocess.TimeoutExpired:
         return {"failed": f"over --row-timeout={timeout:.0f}s"}
@@ -211,6 +217,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--precision", default="float32", choices=("float32", "bfloat16"), help="bfloat16: mixed precision (a GPU's)"
     )
+    parser.add_argument(
+        "--huge-pages",
+        default="labjax",
+        choices=("labjax", "all", "none"),
+        help="whose rows run with glibc's huge-page tunable, as launch.py runs labjax (default: labjax's only)",
+    )
     parser.add_argument("--row", default="", help=argparse.SUPPRESS)  # internal: measure one row
     parser.add_argument("--infer", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -241,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
             for index, mode in enumerate(modes(framework, workload)):
                 extra = passed + ["--infer"] * (index == 0)  # inference once per framework
                 start, load = time.perf_counter(), os.getloadavg()[0]
-                result = run_row(f"{case}:{framework}:{mode}", framework, extra, args.row_timeout)
+                result = run_row(f"{case}:{framework}:{mode}", framework, extra, args.row_timeout, args.huge_pages)
                 result.setdefault("label", f"{framework} {mode}")
                 result.update(framework=framework, mode=mode, case=case, load=load)
                 rate = _number(result.get("train_rate"))
