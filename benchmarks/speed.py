@@ -2,7 +2,7 @@
 
     python benchmarks/speed.py --workloads W0,W1,W2,W3,W4 \\
         [--peers keras_tf,keras_tf_noxla,keras_jax,torch] [--windows 3 --steps N --warmup M] [--quick]
-        [--precision bfloat16]
+        [--precision bfloat16] [--huge-pages labjax|all|none]
 
 Every (workload, framework, mode) row runs in its own subprocess, one after another: Keras'
 backend is fixed when it is imported, and each row's peak host memory is then its own. Rows:
