@@ -2,6 +2,7 @@
 it keeps, and that it does what it is for: XLA:CPU's per-call buffers stop faulting in 4 KiB pages."""
 
 import os
+import platform
 import subprocess
 import sys
 import textwrap
@@ -64,9 +65,9 @@ def test_the_kernel_setting_is_read_from_its_file(tmp_path, monkeypatch):
 
 
 def test_this_machines_glibc_version_is_read():
-    version = host_memory._glibc_version()
-    if sys.platform.startswith("linux") and os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc"):
-        assert version is not None and version >= (2, 0)
+    library, version = platform.libc_ver()  # the standard library's own reading, from the binary
+    expected = tuple(int(part) for part in version.split(".")[:2]) if library == "glibc" else None
+    assert host_memory._glibc_version() == expected
 
 
 SCRIPT = textwrap.dedent(
@@ -99,6 +100,25 @@ def test_the_restart_keeps_pid_arguments_and_interpreter_options(tmp_path):
     for start in starts:
         assert start[4:] == ["argv", "['a',", "'--b=c']", "utf8", "1"]
     assert starts[-1][3] == ("glibc.malloc.hugetlb=1" if restarted else "None")
+
+
+def test_launch_py_restarts_before_its_imports(tmp_path):
+    # sitecustomize runs at every interpreter start: once, or twice when launch.py restarts itself.
+    (tmp_path / "sitecustomize.py").write_text(
+        "import os, sys\nprint('start', os.environ.get('GLIBC_TUNABLES'), file=sys.stderr, flush=True)\n"
+    )
+    environ = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    environ["PYTHONPATH"] = os.pathsep.join([str(tmp_path), ROOT])
+    done = subprocess.run(
+        [sys.executable, "launch.py", "--mode=report", f"--workdir={tmp_path / 'missing'}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=environ,
+    )
+    starts = [line.split()[1] for line in done.stderr.splitlines() if line.startswith("start ")]
+    assert starts == (["None", "glibc.malloc.hugetlb=1"] if APPLIES else ["None"]), done.stderr
+    assert done.returncode != 0 and "missing" in done.stderr  # the restarted launch.py did the work
 
 
 FAULTS = textwrap.dedent(
