@@ -1,5 +1,7 @@
 """labjax.models.layers: the CPU rewrites equal lax and flax in value and gradient, with flax's params."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -281,6 +283,22 @@ def test_max_pool_equals_flax_in_value_and_gradient(shape, window, strides, padd
         jax.make_jaxpr(lambda x: jax.vjp(lambda x: max_pool(x, window, strides, padding, impl="lax"), x)[1](g))(x)
     )
     assert "custom_vjp" not in lax_only
+
+
+@pytest.mark.parametrize("views_in_inference", [False, True])
+def test_max_pool_views_in_inference_keeps_values_and_gradient_and_drops_the_reduce_window(views_in_inference):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((2, 6, 8, 3)), jnp.float32)
+    pool = functools.partial(max_pool, window=(2, 2), impl="fast", views_in_inference=views_in_inference)
+    want, want_vjp = jax.vjp(lambda x: nn.max_pool(x, (2, 2), (2, 2)), x)
+    got, got_vjp = jax.vjp(pool, x)
+    g = jnp.asarray(rng.standard_normal(want.shape), jnp.float32)
+    np.testing.assert_array_equal(pool(x), want)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(got_vjp(g)[0], want_vjp(g)[0], rtol=1e-6, atol=1e-6)
+    # inference: lax's pool (a reduce-window, which XLA:CPU fuses with neighbouring convolutions)
+    # unless asked for the views
+    assert ("reduce_window" in str(jax.make_jaxpr(pool)(x))) != views_in_inference
 
 
 def test_max_pool_ties_share_the_gradient():
