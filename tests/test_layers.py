@@ -237,6 +237,28 @@ def test_stride_one_conv_to_fewer_channels_is_tap_products_not_lax(features, use
     assert ("conv_general_dilated" in jaxpr) == uses_lax
 
 
+@pytest.mark.parametrize(
+    "cin, features, padding, inference_forward",
+    [
+        (40, 40, "VALID", "tap products"),  # unpadded, no wider: tap products
+        (12, 30, "VALID", "im2col"),  # unpadded, more than twice as wide: im2col
+        (12, 24, "VALID", "lax"),  # up to twice as wide (S2's 32 -> 64): lax
+        (96, 96, "VALID", "lax"),  # inputs over 80 channels: lax
+        (40, 40, "SAME", "lax"),  # padded: lax
+    ],
+)
+def test_inference_forward_of_a_stride_one_conv_follows_padding_and_widths(cin, features, padding, inference_forward):
+    """Without gradients: unpadded stride-1 convolutions of narrow inputs leave XLA:CPU's convolution."""
+    layer = Conv(features, padding=padding, impl="fast")
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 7, 6, cin)), jnp.float32)
+    params = layer.init(jax.random.key(0), x)
+    jaxpr = str(jax.make_jaxpr(lambda p: layer.apply(p, x))(params))
+    used = "lax" if "conv_general_dilated" in jaxpr else "im2col" if "concatenate" in jaxpr else "tap products"
+    assert used == inference_forward
+    want = layer.clone(impl="lax").apply(params, x)
+    np.testing.assert_allclose(layer.apply(params, x), want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
+
+
 def test_wide_conv_runs_lax_for_inference_and_im2col_when_differentiated():
     """XLA's convolution is the fastest forward here; its gradient is not, so training goes through im2col."""
     layer = Conv(40, impl="fast")
