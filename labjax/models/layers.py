@@ -22,8 +22,9 @@ Which rewrite is used was decided by measuring value + gradient on 2 CPU cores
   (RGB stems); stride 1 with fewer output than input channels: one matmul with
   all taps and a sum of shifted slices (1.4-1.7x lax), whose hand-written gradient
   computes the output gradient once (DenseNet: 1.24x a training step); otherwise lax's
-  convolution, the fastest forward tried, but when differentiated (training)
-  im2col + matmul, whose value + gradient measured 1.3-3.7x faster.
+  convolution, the fastest forward tried (but for unpadded stride-1 ones of narrow inputs,
+  where it is slow: tap products or im2col, ``_conv_inference``), and when differentiated
+  (training) im2col + matmul, whose value + gradient measured 1.3-3.7x faster.
 * transposed convolution (on a GPU too, for its gradient: see ``_conv_transpose_lax_taps_grad``):
   one matmul of the input with all kernel taps, then
   each output phase (sub-pixel position) is a sum of shifted slices of that
@@ -35,7 +36,7 @@ Which rewrite is used was decided by measuring value + gradient on 2 CPU cores
 * max pool (``max_pool``): the elementwise maximum of the window's strided views
   (autodiff's gradient of lax's pool carries argmax index arrays: 2.5x slower value +
   gradient) and a gradient from a compare with it; non-overlapping windows keep
-  lax's pool for inference.
+  lax's pool for inference unless asked (``views_in_inference``, VGG).
 """
 
 import functools
