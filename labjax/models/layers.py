@@ -500,9 +500,7 @@ def max_pool(
     h, w = x.shape[1:3]
     divides = h % window[0] == 0 and w % window[1] == 0
     if strides == window and (padding == "VALID" or (padding == "SAME" and divides)):
-        if views_in_inference:  # training takes the views' maximum anyway (_max_pool_blocks_fwd)
-            return _max_pool_blocks_views(x, window)
-        return _max_pool_blocks(x, window)
+        return _max_pool_blocks(x, window, views_in_inference)
     return _max_pool_views(x, window, strides, _conv_pads(padding, (h, w), window, strides))
 
 
@@ -550,19 +548,21 @@ def _max_pool_views_bwd(window, strides, pads, x, g):
 _max_pool_views.defvjp(_max_pool_views_fwd, _max_pool_views_bwd)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _max_pool_blocks(x: Array, window: tuple[int, int]) -> Array:
+@partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _max_pool_blocks(x: Array, window: tuple[int, int], views_in_inference: bool) -> Array:
+    if views_in_inference:
+        return _views_maximum(x, window, window, ((0, 0), (0, 0)))
     return nn.max_pool(x, window, window, "VALID")
 
 
-def _max_pool_blocks_fwd(x, window):
+def _max_pool_blocks_fwd(x, window, views_in_inference):
     # Training takes the views' maximum (the same values): the reduction XLA:CPU makes of lax's pool,
-    # over tiny inner axes, cost S4's batch-1 step more. Inference keeps lax's pool, faster on big
-    # batches (S2 at batch 256).
+    # over tiny inner axes, cost S4's batch-1 step more. Inference keeps lax's pool unless asked (faster
+    # on big batches: S2 at batch 256; see max_pool's views_in_inference).
     return _views_maximum(x, window, window, ((0, 0), (0, 0))), x
 
 
-def _max_pool_blocks_bwd(window, x, g):
+def _max_pool_blocks_bwd(window, views_in_inference, x, g):
     # Windows that do not overlap: the views' parts interleave into dx (a reshape), no per-view pads.
     x = lax.optimization_barrier(x)
     (kh, kw), (n, h, w, c), (ho, wo) = window, x.shape, g.shape[1:3]
@@ -573,15 +573,6 @@ def _max_pool_blocks_bwd(window, x, g):
 
 
 _max_pool_blocks.defvjp(_max_pool_blocks_fwd, _max_pool_blocks_bwd)
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _max_pool_blocks_views(x: Array, window: tuple[int, int]) -> Array:
-    """``_max_pool_blocks`` with the views' maximum in inference as well."""
-    return _views_maximum(x, window, window, ((0, 0), (0, 0)))
-
-
-_max_pool_blocks_views.defvjp(_max_pool_blocks_fwd, _max_pool_blocks_bwd)
 
 
 def _check_nhwc(x: Array) -> None:
