@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from clu import parameter_overview
+from flax import struct
 from flax.training import train_state
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
@@ -45,6 +46,8 @@ OWN_FILES = (
 class TrainState(train_state.TrainState):
     batch_stats: Any
     rng: jax.Array  # dropout key; each step folds in its step number, so nothing to save
+    # Module paths (model.freeze) the optimizer leaves alone; the step also takes no gradient through them.
+    frozen: frozenset = struct.field(pytree_node=False, default=frozenset())
 
 
 class TrainingDiverged(RuntimeError):
@@ -80,6 +83,7 @@ def create_train_state(
             tx=tx,
             batch_stats=variables.get("batch_stats", {}),
             rng=jax.random.fold_in(key, 1),
+            frozen=frozenset(frozen),
         ).replace(step=jnp.zeros((), jnp.int32))  # a fixed type: resumed steps reuse the compiled step
 
     return jax.jit(init, out_shardings=parallel.replicated(mesh))()
@@ -125,6 +129,7 @@ def train_step_fn(
             return (per_label * losses).sum() / jnp.maximum(per_label.sum(), 1e-12), losses
 
         def loss_fn(params):
+            params = _without_frozen_gradients(params, state.frozen)
             images, compute_params = batch["image"], params
             if dtype != jnp.float32:
                 images = images.astype(dtype)
@@ -747,6 +752,21 @@ def _peak_memory_mb() -> float:
 
 def _module(path) -> tuple[str, ...]:
     return tuple(p.key for p in path[:-1])
+
+
+def _without_frozen_gradients(params, frozen: frozenset):
+    """Frozen modules' params as constants of the differentiation, not only of the update.
+
+    Their gradient was discarded anyway (the optimizer's set_to_zero); what this changes is
+    the forward: layers whose inputs carry no tangent run their inference formulation, not the
+    one made for the backward pass (on the CPU a frozen base's strided convolutions skip im2col,
+    its max pools keep XLA's pool).
+    """
+    if not frozen:
+        return params
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x: jax.lax.stop_gradient(x) if _module(path) in frozen else x, params
+    )
 
 
 def _starting_weights(config, info, model, state: TrainState, mesh, input_shape) -> TrainState:

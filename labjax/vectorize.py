@@ -205,6 +205,7 @@ def _initial_state(members: list[_Member], model, frozen, mesh, input_shape, inf
         opt_state=opt_state,
         batch_stats=batch_stats,
         rng=rng,
+        frozen=frozenset(frozen),
     )
 
 

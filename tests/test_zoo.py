@@ -93,6 +93,32 @@ def test_freezing_a_fraction_keeps_the_last_layers_trainable():
         config_lib.validate(_model_config("resnet18", freeze="fraction:2"), num_devices=1)
 
 
+def test_frozen_layers_are_constants_of_the_gradient_and_run_their_inference_forward(monkeypatch):
+    """The trainable layers' update equals that of differentiating every parameter, while the frozen
+    convolutions run their inference forward (on the CPU lax's convolution, not the im2col patches
+    that only a backward pass needs)."""
+    config = _model_config("resnet18", freeze="fraction:0.5", small_inputs=True)
+    config.optimizer.update(name="sgd", learning_rate=0.1)
+
+    def step_and_program():
+        _, frozen, state, before, after = _one_step(config, (32, 32, 3))
+        mesh = parallel.make_mesh(jax.devices()[:1])
+        batch = {"image": np.zeros((4, 32, 32, 3), np.float32), "label": np.zeros(4, np.int32)}
+        program = train.make_train_step(mesh, 3).lower(state, parallel.to_global(batch, mesh)).as_text()
+        return frozen, before, after, program.count("convolution(")
+
+    frozen, before, after, convolutions = step_and_program()
+    monkeypatch.setattr(train, "_without_frozen_gradients", lambda params, frozen: params)
+    _, _, reference, reference_convolutions = step_and_program()
+    assert frozen and reference_convolutions == 0 and convolutions > 0
+    for (path, new), old, start in zip(
+        jax.tree_util.tree_flatten_with_path(after)[0], jax.tree.leaves(reference), jax.tree.leaves(before)
+    ):
+        np.testing.assert_allclose(new, old, rtol=1e-5, atol=1e-6, err_msg=str(path))
+        if path[0].key == "params" and tuple(p.key for p in path[1:-1]) not in frozen:
+            assert not np.array_equal(new, start), path
+
+
 @pytest.fixture(scope="module")
 def keras_mobilenet(tmp_path_factory):
     """A Keras MobileNetV2 with random weights and BatchNorm statistics, saved as HDF5 with and without its top."""
