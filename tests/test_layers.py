@@ -245,6 +245,10 @@ def test_stride_one_conv_to_fewer_channels_is_tap_products_not_lax(features, use
         (12, 24, "VALID", "lax"),  # up to twice as wide (S2's 32 -> 64): lax
         (96, 96, "VALID", "lax"),  # inputs over 80 channels: lax
         (40, 40, "SAME", "lax"),  # padded: lax
+        (1, 32, "VALID", "lax"),  # a gray image to 32+ channels (S2): lax
+        (1, 32, "SAME", "lax"),
+        (1, 8, "SAME", "im2col"),  # narrower (S4's ConvNN): im2col
+        (3, 32, "SAME", "im2col"),  # RGB stems: im2col
     ],
 )
 def test_inference_forward_of_a_stride_one_conv_follows_padding_and_widths(cin, features, padding, inference_forward):

@@ -19,8 +19,9 @@ Which rewrite is used was decided by measuring value + gradient on 2 CPU cores
   gradient keeps only the input (autodiff keeps all k*k shifted copies) and sums
   the kernel gradient in one multi-output reduce (2-3x faster value+gradient).
 * general kxk: im2col + one matmul only when the patch depth kh*kw*cin is tiny
-  (RGB stems); stride 1 with fewer output than input channels: one matmul with
-  all taps and a sum of shifted slices (1.4-1.7x lax), whose hand-written gradient
+  (RGB stems; in inference, lax for one-channel images to 32+ channels); stride 1
+  with fewer output than input channels: one matmul with all taps and a sum of
+  shifted slices (1.4-1.7x lax), whose hand-written gradient
   computes the output gradient once (DenseNet: 1.24x a training step); otherwise lax's
   convolution, the fastest forward tried (but for unpadded stride-1 ones of narrow inputs,
   where it is slow: tap products or im2col, ``_conv_inference``), and when differentiated
@@ -177,7 +178,7 @@ def _matmul(x: Array, w: Array) -> Array:
 def _conv_fast(x: Array, kernel: Array, strides: tuple[int, int], pads: Pads) -> Array:
     """Dense conv as im2col + matmul, as tap products, or as lax's convolution with an im2col gradient."""
     kh, kw, cin, features = kernel.shape
-    if kh * kw == 1 or kh * kw * cin <= _IM2COL_MAX_DEPTH:
+    if kh * kw == 1 or (kh * kw * cin <= _IM2COL_MAX_DEPTH and not _gray_and_wide(kernel)):
         return _conv_im2col(x, kernel, strides, pads)
     if strides == (1, 1) and features < cin:
         return _conv_taps(x, kernel, pads)
@@ -189,6 +190,19 @@ def _conv_im2col(x: Array, kernel: Array, strides: tuple[int, int], pads: Pads) 
     cols = _windows(x, (kh, kw), strides, pads)
     patches = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
     return _matmul(patches, kernel.reshape(kh * kw * cin, features)).astype(x.dtype)
+
+
+def _gray_and_wide(kernel: Array) -> bool:
+    """A convolution of a one-channel image to 32 or more channels (S2's first layer).
+
+    Trained through im2col like any shallow one; in inference XLA's convolution was faster: S2's
+    small CNN 1.13-1.18x at batch 32 and 256 (its 'same'-padded preset 1.03-1.05x), because the one
+    YNNPACK graph XLA:CPU makes of the network ran faster starting from a convolution than from a
+    matmul of the concatenated patches. Narrower outputs keep im2col everywhere: S4's ConvNN_1
+    (1 -> 8) infers 1.5-1.7x slower through lax, LeNet-5 (1 -> 6, 5x5) 0.9-1.1x.
+    """
+    kh, kw, cin, features = kernel.shape
+    return kh * kw > 1 and cin == 1 and features >= 32
 
 
 def _conv_inference(x: Array, kernel: Array, strides: tuple[int, int], pads: Pads) -> Array:
@@ -203,6 +217,8 @@ def _conv_inference(x: Array, kernel: Array, strides: tuple[int, int], pads: Pad
     products 0.8x, im2col 1.03x).
     """
     cin, features = kernel.shape[2:]
+    if _gray_and_wide(kernel):
+        return _conv_lax(x, kernel, strides, pads)
     if strides == (1, 1) and pads == ((0, 0), (0, 0)) and cin <= 80:
         if features <= cin:
             return _conv_taps_value(x, kernel, pads)
