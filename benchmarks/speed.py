@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.speed_common import GROUPS, STEPS_PER_EXECUTION, WORKLOADS, Workload  # noqa: E402
-from labjax import host_memory  # noqa: E402
+from labjax import host_memory, xla_flags  # noqa: E402
 
 FRAMEWORKS = ("labjax", "keras_tf", "keras_tf_noxla", "keras_jax", "torch")
 PEERS = FRAMEWORKS[1:]
@@ -63,8 +63,10 @@ def _sizes(workload: Workload, args) -> tuple[int, int, int]:
 def _environment(framework: str, huge_pages: str) -> dict[str, str]:
     """A row's environment. `huge_pages` (labjax | all | none): whose rows get glibc's huge-page
     tunable, which launch.py sets for itself (labjax/host_memory.py); by default peers run as their
-    own users run them, without it."""
+    own users run them, without it. Peers also get XLA_FLAGS as the user set them, without the
+    flags labjax adds for itself (labjax/xla_flags.py; a labjax row adds them again on import)."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"))
+    env["XLA_FLAGS"] = xla_flags.user_flags or ""
     if huge_pages == "all" or (huge_pages == "labjax" and framework == "labjax"):
         env = host_memory.huge_pages_environment(env) or env
     env["LABJAX_COMPILATION_CACHE"] = ""  # first-step times are compile times, never cache hits
