@@ -57,7 +57,7 @@ CONV_CASES = [
     ((2, 10, 10, 1), 3, (5, 5), (2, 2), "SAME", True),
     ((2, 8, 8, 3), 4, (2, 2), (2, 2), "SAME", True),  # even kernel: SAME pads after
     ((2, 7, 8, 8), 6, (3, 3), (2, 2), "SAME", True),  # wide input: lax forward, im2col gradient
-    ((2, 7, 6, 40), 8, (3, 3), (1, 1), "SAME", False),  # narrower output: tap products (DenseNet's 3x3)
+    ((2, 7, 6, 40), 8, (3, 3), (1, 1), "SAME", False),  # narrower output: a tap-products gradient (DenseNet's 3x3)
     ((2, 7, 6, 40), 8, (3, 3), (1, 1), "VALID", True),
     ((2, 9, 6, 40), 8, (3, 2), (1, 1), ((2, 0), (0, 3)), True),  # uneven explicit pads, rectangular kernel
     ((2, 8, 8, 40), 8, (4, 4), (1, 1), "SAME", False),  # even kernel: SAME pads more after
@@ -228,31 +228,34 @@ def test_conv_of_a_one_pixel_map_is_a_matmul_over_its_channels():
     assert "conv_general_dilated" not in str(grad)
 
 
-@pytest.mark.parametrize("features, uses_lax", [(8, False), (40, True)])
-def test_stride_one_conv_to_fewer_channels_is_tap_products_not_lax(features, uses_lax):
+@pytest.mark.parametrize("features, patch_width, forward_convs", [(8, 9 * 8, 1), (40, 9 * 40, 0)])
+def test_stride_one_conv_to_fewer_channels_differentiates_through_tap_products(features, patch_width, forward_convs):
+    """Training's gradient is matmuls, never lax's: tap products (9 * features wide) after lax's forward
+    where the output is narrower than the input (DenseNet's 128 -> 32), im2col (9 * cin) where not."""
     layer = Conv(features, impl="fast")
     x = jnp.zeros((2, 7, 6, 40))
     params = layer.init(jax.random.key(0), x)
-    jaxpr = str(jax.make_jaxpr(lambda p: layer.apply(p, x))(params))
-    assert ("conv_general_dilated" in jaxpr) == uses_lax
+    grad = jax.make_jaxpr(jax.grad(lambda p, x: layer.apply(p, x).sum(), argnums=(0, 1)))(params, x)
+    widths = {v.aval.shape[-1] for e in grad.jaxpr.eqns if e.primitive.name == "dot_general" for v in e.invars}
+    assert patch_width in widths and str(grad).count("conv_general_dilated") == forward_convs
 
 
 @pytest.mark.parametrize(
     "cin, features, padding, inference_forward",
     [
-        (40, 40, "VALID", "tap products"),  # unpadded, no wider: tap products
-        (12, 30, "VALID", "im2col"),  # unpadded, more than twice as wide: im2col
-        (12, 24, "VALID", "lax"),  # up to twice as wide (S2's 32 -> 64): lax
-        (96, 96, "VALID", "lax"),  # inputs over 80 channels: lax
-        (40, 40, "SAME", "lax"),  # padded: lax
+        (40, 40, "VALID", "lax"),
+        (12, 30, "VALID", "lax"),
+        (96, 96, "VALID", "lax"),
+        (40, 8, "SAME", "lax"),  # DenseNet's 3x3 (a tap-products gradient in training)
         (1, 32, "VALID", "lax"),  # a gray image to 32+ channels (S2): lax
         (1, 32, "SAME", "lax"),
         (1, 8, "SAME", "im2col"),  # narrower (S4's ConvNN): im2col
         (3, 32, "SAME", "im2col"),  # RGB stems: im2col
     ],
 )
-def test_inference_forward_of_a_stride_one_conv_follows_padding_and_widths(cin, features, padding, inference_forward):
-    """Without gradients: unpadded stride-1 convolutions of narrow inputs leave XLA:CPU's convolution."""
+def test_inference_forward_of_a_conv_is_lax_but_for_shallow_inputs(cin, features, padding, inference_forward):
+    """Without gradients a convolution runs XLA's, except the shallow ones (patch depth up to 36)
+    that im2col makes one small matmul of."""
     layer = Conv(features, padding=padding, impl="fast")
     x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 7, 6, cin)), jnp.float32)
     params = layer.init(jax.random.key(0), x)

@@ -19,13 +19,12 @@ Which rewrite is used was decided by measuring value + gradient on 2 CPU cores
   gradient keeps only the input (autodiff keeps all k*k shifted copies) and sums
   the kernel gradient in one multi-output reduce (2-3x faster value+gradient).
 * general kxk: im2col + one matmul only when the patch depth kh*kw*cin is tiny
-  (RGB stems; in inference, lax for one-channel images to 32+ channels); stride 1
-  with fewer output than input channels: one matmul with all taps and a sum of
-  shifted slices (1.4-1.7x lax), whose hand-written gradient
-  computes the output gradient once (DenseNet: 1.24x a training step); otherwise lax's
-  convolution, the fastest forward tried (but for unpadded stride-1 ones of narrow inputs,
-  where it is slow: tap products or im2col, ``_conv_inference``), and when differentiated
-  (training) im2col + matmul, whose value + gradient measured 1.3-3.7x faster.
+  (RGB stems; in inference, lax for one-channel images to 32+ channels); otherwise lax's
+  convolution forward (XLA's own kernels under labjax's flags, ``labjax/xla_flags.py``), and
+  when differentiated (training) a matmul gradient: at stride 1 to fewer output than input
+  channels one matmul with all taps, whose hand-written gradient computes the output gradient
+  once (DenseNet: 1.24x a training step), else im2col + matmul, whose value + gradient measured
+  1.3-3.7x faster than lax's.
 * transposed convolution (on a GPU too, for its gradient: see ``_conv_transpose_lax_taps_grad``):
   one matmul of the input with all kernel taps, then
   each output phase (sub-pixel position) is a sum of shifted slices of that
@@ -176,12 +175,12 @@ def _matmul(x: Array, w: Array) -> Array:
 
 
 def _conv_fast(x: Array, kernel: Array, strides: tuple[int, int], pads: Pads) -> Array:
-    """Dense conv as im2col + matmul, as tap products, or as lax's convolution with an im2col gradient."""
+    """Dense conv as im2col + matmul, or as lax's convolution with an im2col or a tap-products gradient."""
     kh, kw, cin, features = kernel.shape
     if kh * kw == 1 or (kh * kw * cin <= _IM2COL_MAX_DEPTH and not _gray_and_wide(kernel)):
         return _conv_im2col(x, kernel, strides, pads)
     if strides == (1, 1) and features < cin:
-        return _conv_taps(x, kernel, pads)
+        return _conv_lax_taps_grad(x, kernel, pads)
     return _conv_lax_im2col_grad(x, kernel, strides, pads)
 
 
@@ -205,28 +204,6 @@ def _gray_and_wide(kernel: Array) -> bool:
     return kh * kw > 1 and cin == 1 and features >= 32
 
 
-def _conv_inference(x: Array, kernel: Array, strides: tuple[int, int], pads: Pads) -> Array:
-    """The forward of a convolution that is not differentiated: lax's, except unpadded stride-1 ones.
-
-    XLA:CPU's convolution without padding ran at 40-90 GFLOP/s where the padded one of the same
-    size runs at 80-170 (3x3, batch 8-32, 2 cores). Against it, for inputs of at most 80 channels:
-    tap products 1.7-1.8x when the output is no wider (32 -> 32, 64 -> 64), im2col 1.2-1.3x when
-    more than twice as wide (80 -> 192): InceptionV3's stem (inference at 96 px 1.10x). Kept on
-    lax: outputs up to twice as wide (S2's small CNN, 32 -> 64 on 11-13 px maps at batch 256, was 3x
-    slower as tap products, whose product is 9x the output) and wider inputs (128 -> 128: tap
-    products 0.8x, im2col 1.03x).
-    """
-    cin, features = kernel.shape[2:]
-    if _gray_and_wide(kernel):
-        return _conv_lax(x, kernel, strides, pads)
-    if strides == (1, 1) and pads == ((0, 0), (0, 0)) and cin <= 80:
-        if features <= cin:
-            return _conv_taps_value(x, kernel, pads)
-        if features > 2 * cin:
-            return _conv_im2col(x, kernel, strides, pads)
-    return _conv_lax(x, kernel, strides, pads)
-
-
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _conv_lax_im2col_grad(x: Array, kernel: Array, strides: tuple[int, int], pads: Pads) -> Array:
     """lax's convolution, the fastest forward for wide inputs; when differentiated, im2col instead.
@@ -234,9 +211,9 @@ def _conv_lax_im2col_grad(x: Array, kernel: Array, strides: tuple[int, int], pad
     XLA:CPU's convolution gradients are slow: value + gradient through im2col measured 1.3-3.7x
     faster (32 -> 32 channels at 28x28: 1077 -> 453 ms at batch 256; 128 -> 128 at 32x32:
     4323 -> 1153 ms at batch 64), at the cost of keeping the kh*kw times larger patch tensor for
-    the backward pass. Inference never builds it (and takes ``_conv_inference``'s forward).
+    the backward pass. Inference never builds it.
     """
-    return _conv_inference(x, kernel, strides, pads)
+    return _conv_lax(x, kernel, strides, pads)
 
 
 def _conv_lax_im2col_grad_fwd(x, kernel, strides, pads):
@@ -252,18 +229,21 @@ _conv_lax_im2col_grad.defvjp(_conv_lax_im2col_grad_fwd, _conv_lax_im2col_grad_bw
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _conv_taps(x: Array, kernel: Array, pads: Pads) -> Array:
-    """Stride-1 conv as one matmul of the input with all taps, then a sum of the taps' shifted products.
+def _conv_lax_taps_grad(x: Array, kernel: Array, pads: Pads) -> Array:
+    """A stride-1 conv to fewer channels than its input (DenseNet's 128 -> 32): lax's convolution,
+    differentiated as tap products (one matmul of the input with all taps, whose product is
+    kh*kw*features wide per pixel, narrower than im2col's kh*kw*cin here).
 
-    The product is kh*kw*features wide per pixel, narrower than im2col's kh*kw*cin when the
-    output is narrower than the input (DenseNet's 128 -> 32): measured 1.4-1.7x faster than
-    XLA:CPU's convolution in value and gradient there, and slower when features >= cin.
+    The forward was tap products too (a sum of the taps' shifted products) while XLA:CPU gave
+    convolutions to YNNPACK (85 GFLOP/s on DenseNet's 32x24x24x128 -> 32); XLA's own convolution,
+    which labjax's flags select (labjax/xla_flags.py), runs it at 147: W3 frozen 120.5 -> 131.7
+    images/s, full fine-tune 29.2 -> 32.2 (same-process A/Bs), DenseNet121 inference 1.05x.
     """
-    return _conv_taps_value(x, kernel, pads)
+    return _conv_lax(x, kernel, (1, 1), pads)
 
 
 def _conv_taps_fwd(x, kernel, pads):
-    return _conv_taps_value(x, kernel, pads), (x, kernel)
+    return _conv_lax(x, kernel, (1, 1), pads), (x, kernel)
 
 
 def _conv_taps_bwd(pads, residuals, g):
@@ -296,25 +276,7 @@ def _product_grads(x: Array, taps: Array, dz: Array) -> tuple[Array, Array]:
     return dx.astype(x.dtype), jnp.dot(x.reshape(-1, x.shape[-1]).T, dz, preferred_element_type=acc)
 
 
-_conv_taps.defvjp(_conv_taps_fwd, _conv_taps_bwd)
-
-
-def _conv_taps_value(x: Array, kernel: Array, pads: Pads) -> Array:
-    kh, kw, cin, features = kernel.shape
-    n, h, w, _ = x.shape
-    (top, bottom), (left, right) = pads
-    out_h, out_w = h + top + bottom - kh + 1, w + left + right - kw + 1
-    if out_h <= 0 or out_w <= 0:
-        raise ValueError(f"kernel {(kh, kw)} does not fit the padded input {(h + top + bottom, w + left + right)}")
-    z = _matmul(x, kernel.transpose(2, 0, 1, 3).reshape(cin, kh * kw * features))
-    terms = []
-    for i in range(kh):
-        for j in range(kw):
-            tap = (i * kw + j) * features
-            # output pixel p reads input pixel p + i - top: this tap's product shifted by top - i (cropped or padded)
-            shift = ((top - i, out_h - h - top + i), (left - j, out_w - w - left + j))
-            terms.append(_pad_spatial(z[..., tap : tap + features], shift))
-    return sum(terms).astype(x.dtype)
+_conv_lax_taps_grad.defvjp(_conv_taps_fwd, _conv_taps_bwd)
 
 
 def _conv_lax(x: Array, kernel: Array, strides: tuple[int, int], pads: Pads, groups: int = 1) -> Array:
