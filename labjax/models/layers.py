@@ -195,10 +195,11 @@ def _gray_and_wide(kernel: Array) -> bool:
     """A convolution of a one-channel image to 32 or more channels (S2's first layer).
 
     Trained through im2col like any shallow one; in inference XLA's convolution was faster: S2's
-    small CNN 1.13-1.18x at batch 32 and 256 (its 'same'-padded preset 1.03-1.05x), because the one
-    YNNPACK graph XLA:CPU makes of the network ran faster starting from a convolution than from a
-    matmul of the concatenated patches. Narrower outputs keep im2col everywhere: S4's ConvNN_1
-    (1 -> 8) infers 1.5-1.7x slower through lax, LeNet-5 (1 -> 6, 5x5) 0.9-1.1x.
+    small CNN 1.13-1.18x at batch 32 and 256 (its 'same'-padded preset 1.03-1.05x) while convolutions
+    went to YNNPACK (whose one graph of the whole network ran faster starting from a convolution than
+    from a matmul of the concatenated patches), and with labjax's flags again (12.2k against 5.7k
+    images/s at batch 32, 20.4k against 18.1k at 256). Narrower outputs keep im2col everywhere: S4's
+    ConvNN_1 (1 -> 8) inferred 1.5-1.7x slower through lax, LeNet-5 (1 -> 6, 5x5) 0.9-1.1x.
     """
     kh, kw, cin, features = kernel.shape
     return kh * kw > 1 and cin == 1 and features >= 32
@@ -242,11 +243,11 @@ def _conv_lax_taps_grad(x: Array, kernel: Array, pads: Pads) -> Array:
     return _conv_lax(x, kernel, (1, 1), pads)
 
 
-def _conv_taps_fwd(x, kernel, pads):
+def _conv_lax_taps_grad_fwd(x, kernel, pads):
     return _conv_lax(x, kernel, (1, 1), pads), (x, kernel)
 
 
-def _conv_taps_bwd(pads, residuals, g):
+def _conv_lax_taps_grad_bwd(pads, residuals, g):
     """The product's cotangent: g shifted back once per tap, concatenated; then two matmuls.
 
     Autodiff's version adds kh*kw zero-padded full-width copies, and XLA:CPU fuses whatever
@@ -276,7 +277,7 @@ def _product_grads(x: Array, taps: Array, dz: Array) -> tuple[Array, Array]:
     return dx.astype(x.dtype), jnp.dot(x.reshape(-1, x.shape[-1]).T, dz, preferred_element_type=acc)
 
 
-_conv_lax_taps_grad.defvjp(_conv_taps_fwd, _conv_taps_bwd)
+_conv_lax_taps_grad.defvjp(_conv_lax_taps_grad_fwd, _conv_lax_taps_grad_bwd)
 
 
 def _conv_lax(x: Array, kernel: Array, strides: tuple[int, int], pads: Pads, groups: int = 1) -> Array:
