@@ -469,7 +469,9 @@ def max_pool(
     is a reduction that XLA:CPU fuses with the convolutions around it into one YNNPACK graph, and
     where a network is nothing but convolutions and pools (VGG) that one graph of the whole network
     ran 9% slower than a fusion per convolution (VGG16 inference at 96 px, batch 8: 22.6 -> 24.7
-    images/s; same-process A/B, 12 rounds). S2's small CNN at batch 256 is 24% slower with views,
+    images/s; same-process A/B, 12 rounds). With labjax's XLA flags convolutions no longer join
+    YNNPACK graphs, and VGG16 still ran faster with views (27.5 against 21.5 images/s, same-process
+    A/B). S2's small CNN at batch 256 was 24% slower with views (measured before those flags),
     hence not the default.
     """
     window = _pair(window)
