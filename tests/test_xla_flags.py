@@ -40,3 +40,12 @@ def test_importing_labjax_moves_cpu_convolutions_off_ynnpack_unless_the_user_say
     done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split()[-1] == runs
+
+
+def test_benchmark_peers_run_with_the_users_flags_not_labjaxs():
+    from benchmarks import speed
+
+    assert FLAG in os.environ["XLA_FLAGS"]  # this process imported labjax
+    for framework in ("keras_jax", "keras_tf", "torch"):
+        env = speed._environment(framework, "none")
+        assert env["XLA_FLAGS"] == xla_flags.user_flags and FLAG not in env["XLA_FLAGS"]
