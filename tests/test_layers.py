@@ -286,6 +286,74 @@ def test_wide_conv_runs_lax_for_inference_and_im2col_when_differentiated():
 
 
 @pytest.mark.parametrize(
+    "x_shape, pads",
+    [
+        ((2, 8, 6, 5), ((1, 1), (1, 1))),  # 'same', whole tiles
+        ((1, 7, 9, 3), ((1, 1), (1, 1))),  # odd sizes: the last tile row and column are half outside
+        ((2, 9, 8, 4), ((0, 0), (0, 0))),  # 'valid'
+        ((1, 6, 5, 2), ((2, 0), (0, 1))),  # uneven explicit pads
+    ],
+)
+def test_winograd_conv_equals_lax(x_shape, pads):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal(x_shape), jnp.float32)
+    kernel = jnp.asarray(rng.standard_normal((3, 3, x_shape[-1], 7)), jnp.float32)
+    want = layers._conv_lax(x, kernel, (1, 1), pads)
+    got = jax.jit(layers._conv_winograd, static_argnums=2)(x, kernel, pads)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
+
+
+def test_big_3x3_conv_infers_through_winograd_and_trains_through_im2col():
+    """VGG16's 24x24x256 convolution at batch 8: inference is 16 matmuls of transformed tiles and no
+    XLA convolution; the gradient is im2col's (one 9 * cin wide patch matmul), equal to lax's."""
+    layer = Conv(256, impl="fast")
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((8, 24, 24, 256)), jnp.float32)
+    params = jax.tree.map(
+        lambda s: jnp.asarray(rng.standard_normal(s.shape) / 48, s.dtype),
+        jax.eval_shape(layer.init, jax.random.key(0), x),
+    )
+    inference = str(jax.make_jaxpr(lambda p: layer.apply(p, x))(params))
+    dots = [line.split("=")[0] for line in inference.splitlines() if "dot_general" in line]
+    assert "conv_general_dilated" not in inference
+    assert len(dots) == 16 and all(f"f32[{8 * 12 * 12},256]" in d for d in dots)  # one per tile element
+    want = jax.jit(layer.clone(impl="lax").apply)(params, x)
+    np.testing.assert_allclose(jax.jit(layer.apply)(params, x), want, rtol=1e-4, atol=1e-5 * float(np.abs(want).max()))
+    mesh = Mesh(np.asarray(jax.devices()), ("data",))
+    sharded = jax.jit(layer.apply, in_shardings=(NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))))
+    assert "all-gather" not in sharded.lower(params, x).compile().as_text()  # data parallel as it was
+    small = x[:1, :8, :8]  # 0.08 GFLOP: XLA's convolution is as fast, without the transforms
+    assert "conv_general_dilated" in str(jax.make_jaxpr(lambda p: layer.apply(p, small))(params))
+
+    def grads(module):
+        return jax.jit(jax.grad(lambda p, x: jnp.sum(module.apply(p, x) ** 2)))
+
+    training = str(jax.make_jaxpr(grads(layer))(params, x[:2]))
+    assert "conv_general_dilated" not in training and f",{9 * 256}]" in training  # im2col's patches
+    got, want = grads(layer)(params, x[:2]), grads(layer.clone(impl="lax"))(params, x[:2])
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(np.abs(b).max()))
+
+
+@pytest.mark.parametrize(
+    "x_shape, kernel_shape, strides, dtype, pays",
+    [
+        ((8, 24, 24, 256), (3, 3, 256, 256), (1, 1), jnp.float32, True),
+        ((8, 24, 24, 256), (3, 3, 256, 256), (2, 2), jnp.float32, False),  # strided
+        ((8, 24, 24, 256), (5, 5, 256, 256), (1, 1), jnp.float32, False),  # not 3x3
+        ((8, 24, 24, 256), (3, 3, 256, 256), (1, 1), jnp.bfloat16, False),  # the transforms would round
+        ((8, 96, 96, 32), (3, 3, 32, 64), (1, 1), jnp.float32, False),  # 32 channels: 0.75x measured
+        ((8, 24, 24, 64), (3, 3, 64, 64), (1, 1), jnp.float32, False),  # 0.34 GFLOP
+        ((1, 8, 8, 512), (3, 3, 512, 512), (1, 1), jnp.float32, False),  # 16 tiles
+    ],
+)
+def test_winograd_is_chosen_only_where_it_was_measured_faster(x_shape, kernel_shape, strides, dtype, pays):
+    x, kernel = jax.ShapeDtypeStruct(x_shape, dtype), jax.ShapeDtypeStruct(kernel_shape, dtype)
+    assert layers._winograd_pays(x, kernel, strides, ((1, 1), (1, 1))) == pays
+
+
+@pytest.mark.parametrize(
     "shape, window, strides, padding",
     [
         ((2, 6, 8, 3), (2, 2), None, "VALID"),
