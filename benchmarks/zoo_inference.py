@@ -3,7 +3,8 @@
 For each family's representative, both sides build the same architecture with random weights
 (the parameter counts are printed and must agree), then run a forward pass on the same
 random batch in inference mode: labjax a jitted `model.apply(train=False)`, Keras its
-compiled `predict_on_batch`. Images/s is the median over timed windows after warm-up.
+compiled `predict_on_batch`. Images/s is the median over timed windows after warm-up, the two
+sides' windows taken in turn.
 
 Usage: python benchmarks/zoo_inference.py [--size 224] [--batch 8] [--models resnet50,densenet121]
 """
@@ -37,39 +38,44 @@ KERAS_NAMES = {
 }
 
 
-def _rate(step, batch: int, windows: int = 3, steps: int = 3) -> tuple[float, float]:
+def _first_call(step) -> float:
     start = time.perf_counter()
     step()
-    first = time.perf_counter() - start
-    step()
-    rates = []
+    return time.perf_counter() - start
+
+
+def _alternating_rates(steps: dict, batch: int, windows: int = 5, calls: int = 3) -> dict:
+    """Median images/s of each side over timed windows taken in turn (labjax, Keras, labjax, ...),
+    so that the VM's drift within minutes, up to a fifth here, falls on both sides alike."""
+    rates = {name: [] for name in steps}
+    for step in steps.values():
+        step()  # warm-up after the compile
     for _ in range(windows):
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        rates.append(batch * steps / (time.perf_counter() - start))
-    return statistics.median(rates), first
+        for name, step in steps.items():
+            start = time.perf_counter()
+            for _ in range(calls):
+                step()
+            rates[name].append(batch * calls / (time.perf_counter() - start))
+    return {name: statistics.median(r) for name, r in rates.items()}
 
 
-def labjax_side(name: str, images: np.ndarray) -> dict:
+def labjax_side(name: str, images: np.ndarray):
     config = config_lib.base_config("classification")
     config.model.name, config.model.head = name, "original"
     model = models.create_model(config.model, 1000)
     variables = jax.jit(lambda x: model.init(jax.random.key(0), x, train=False))(images[:1])
     forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
     x = jnp.asarray(images)
-    rate, first = _rate(lambda: forward(variables, x).block_until_ready(), len(images))
     params = sum(v.size for v in jax.tree.leaves(variables))
-    return {"rate": rate, "first": first, "params": int(params)}
+    return (lambda: forward(variables, x).block_until_ready()), int(params)
 
 
-def keras_side(name: str, images: np.ndarray) -> dict:
+def keras_side(name: str, images: np.ndarray):
     import keras
 
     cls = getattr(keras.applications, KERAS_NAMES[name])
     model = cls(weights=None, input_shape=images.shape[1:], classes=1000, classifier_activation=None)
-    rate, first = _rate(lambda: model.predict_on_batch(images), len(images))
-    return {"rate": rate, "first": first, "params": int(model.count_params())}
+    return (lambda: model.predict_on_batch(images)), int(model.count_params())
 
 
 def main(argv=None) -> None:
@@ -82,7 +88,11 @@ def main(argv=None) -> None:
     for name in args.models.split(","):
         size = max(args.size, 75 if name == "inceptionv3" else 71 if name == "xception" else 32)
         images = np.random.default_rng(0).uniform(0, 1, (args.batch, size, size, 3)).astype(np.float32)
-        ours, theirs = labjax_side(name, images), keras_side(name, images)
+        (ours_step, ours_params), (theirs_step, theirs_params) = labjax_side(name, images), keras_side(name, images)
+        firsts = {"labjax": _first_call(ours_step), "keras": _first_call(theirs_step)}
+        rates = _alternating_rates({"labjax": ours_step, "keras": theirs_step}, len(images))
+        ours = {"rate": rates["labjax"], "first": firsts["labjax"], "params": ours_params}
+        theirs = {"rate": rates["keras"], "first": firsts["keras"], "params": theirs_params}
         rows.append((name, size, ours, theirs))
         print(f"[done] {name}: labjax {ours}, keras {theirs}", flush=True)
     print(f"\n{'model':<15}{'px':>5}{'params':>13}{'labjax img/s':>14}{'keras img/s':>13}{'ratio':>8}")
