@@ -294,19 +294,24 @@ def test_wide_conv_runs_lax_for_inference_and_im2col_when_differentiated():
         ((1, 6, 5, 2), ((2, 0), (0, 1))),  # uneven explicit pads
     ],
 )
-def test_winograd_conv_equals_lax(x_shape, pads):
+def test_winograd_conv_equals_lax_in_value_and_gradient(x_shape, pads):
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal(x_shape), jnp.float32)
     kernel = jnp.asarray(rng.standard_normal((3, 3, x_shape[-1], 7)), jnp.float32)
-    want = layers._conv_lax(x, kernel, (1, 1), pads)
-    got = jax.jit(layers._conv_winograd, static_argnums=2)(x, kernel, pads)
+    want, want_vjp = jax.vjp(lambda x, k: layers._conv_lax(x, k, (1, 1), pads), x, kernel)
+    got, got_vjp = jax.vjp(lambda x, k: layers._conv_winograd(x, k, pads), x, kernel)
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
+    g = jnp.asarray(rng.standard_normal(want.shape), jnp.float32)
+    for a, b in zip(got_vjp(g), want_vjp(g), strict=True):  # dx (a flipped-kernel Winograd), dkernel
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(np.abs(b).max()))
 
 
-def test_big_3x3_conv_infers_through_winograd_and_trains_through_im2col():
+def test_big_3x3_conv_runs_winograd_and_its_kernel_gradient_im2col():
     """VGG16's 24x24x256 convolution at batch 8: inference is 16 matmuls of transformed tiles and no
-    XLA convolution; the gradient is im2col's (one 9 * cin wide patch matmul), equal to lax's."""
+    XLA convolution; training adds 16 for the input gradient and im2col's kernel gradient (one 9 * cin
+    wide patch matmul); values and gradients equal lax's."""
     layer = Conv(256, impl="fast")
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((8, 24, 24, 256)), jnp.float32)
@@ -330,7 +335,9 @@ def test_big_3x3_conv_infers_through_winograd_and_trains_through_im2col():
         return jax.jit(jax.grad(lambda p, x: jnp.sum(module.apply(p, x) ** 2)))
 
     training = str(jax.make_jaxpr(grads(layer))(params, x[:2]))
-    assert "conv_general_dilated" not in training and f",{9 * 256}]" in training  # im2col's patches
+    tile_products = [line for line in training.splitlines() if "dot_general" in line and "[288,256]" in line]
+    assert "conv_general_dilated" not in training and len(tile_products) == 32
+    assert f",{9 * 256}]" in training  # im2col's patches for the kernel gradient
     got, want = grads(layer)(params, x[:2]), grads(layer.clone(impl="lax"))(params, x[:2])
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(np.abs(b).max()))

@@ -24,9 +24,10 @@ Which rewrite is used was decided by measuring value + gradient on 2 CPU cores
   when differentiated (training) a matmul gradient: at stride 1 to fewer output than input
   channels one matmul with all taps, whose hand-written gradient computes the output gradient
   once (DenseNet: 1.24x a training step), else im2col + matmul, whose value + gradient measured
-  1.3-3.7x faster than lax's. In inference, 3x3 stride-1 convolutions from 64 channels with
-  0.5+ GFLOP of work run as Winograd F(2x2, 3x3), 2.25x fewer multiplies: 1.1-1.9x XLA's
-  convolution, VGG16 inference 1.60x (``_winograd_pays``).
+  1.3-3.7x faster than lax's. 3x3 stride-1 convolutions from 64 channels with 0.5+ GFLOP of
+  work run as Winograd F(2x2, 3x3), 2.25x fewer multiplies, forward and input gradient
+  (``_winograd_pays``): 1.1-1.9x XLA's convolution in inference (VGG16 1.60x), value + gradient
+  1.05-1.3x im2col's (S1's ResNet50 training step 1.11x).
 * transposed convolution (on a GPU too, for its gradient: see ``_conv_transpose_lax_taps_grad``):
   one matmul of the input with all kernel taps, then
   each output phase (sub-pixel position) is a sum of shifted slices of that
@@ -184,7 +185,7 @@ def _conv_fast(x: Array, kernel: Array, strides: tuple[int, int], pads: Pads) ->
     if strides == (1, 1) and features < cin:
         return _conv_lax_taps_grad(x, kernel, pads)
     if _winograd_pays(x, kernel, strides, pads):
-        return _conv_winograd_im2col_grad(x, kernel, pads)
+        return _conv_winograd(x, kernel, pads)
     return _conv_lax_im2col_grad(x, kernel, strides, pads)
 
 
@@ -237,14 +238,15 @@ _WINOGRAD_MIN_CHANNELS, _WINOGRAD_MIN_TILES, _WINOGRAD_MIN_FLOPS = 64, 32, 5e8
 
 
 def _winograd_pays(x: Array, kernel: Array, strides: tuple[int, int], pads: Pads) -> bool:
-    """Whether a convolution's inference runs faster as Winograd F(2x2, 3x3) than as XLA's own.
+    """Whether a convolution runs faster as Winograd F(2x2, 3x3) than as XLA's own (inference) and
+    than im2col (training).
 
     Measured on 2 cores against lax (both with a bias and ReLU after): 1.14-1.9x for 3x3 stride-1
     convolutions from 64 channels up with 0.5+ GFLOP of work (VGG16's, ResNet50's at 224 px,
     InceptionV3's 384 -> 384 at 17x17); below that (8x24x24x64, 8x12x12x128, one image of 14x14x256)
     or with fewer than 32 tiles per product (8x3x3x512: 0.56x) the transforms cost more than the
-    2.25x fewer multiplies save. float32 only: the transforms add and halve values, which bfloat16
-    would round.
+    2.25x fewer multiplies save. Value + gradient against im2col's: 1.05-1.30x on the shapes it
+    picks. float32 only: the transforms add and halve values, which bfloat16 would round.
     """
     n, h, w, cin = x.shape
     (top, bottom), (left, right) = pads
@@ -276,8 +278,19 @@ def _winograd_at(m: list[Array]) -> list[Array]:
     return [m[0] + m[1] + m[2], m[1] - m[2] - m[3]]
 
 
-def _conv_winograd(x: Array, kernel: Array, pads: Pads) -> Array:
-    """A 3x3 stride-1 convolution as Winograd F(2x2, 3x3): 16 matmuls (tiles x cin) @ (cin x features).
+def _winograd_taps(kernel: Array) -> list[Array]:
+    """G g G^T: the 16 transformed taps of a 3x3 kernel, each (cin, features), row-major."""
+    return [u for r in _winograd_g([kernel[i] for i in range(3)]) for u in _winograd_g([r[j] for j in range(3)])]
+
+
+# G applied to a reversed 3-vector gives G's output with its first and last rows swapped, so the
+# spatially flipped kernel's taps (the input gradient's) are a permutation of the forward's.
+_WINOGRAD_FLIP = (3, 1, 2, 0)
+
+
+def _winograd_conv(x: Array, taps: list[Array], pads: Pads, transposed_taps: bool = False) -> Array:
+    """A 3x3 stride-1 convolution as Winograd F(2x2, 3x3): 16 matmuls (tiles x cin) @ (cin x features)
+    (with ``transposed_taps`` the taps are (features, cin)).
 
     Every transformed tile element and kernel tap is its own array and its own matmul: stacking
     them into one batched matmul made XLA:CPU write the transformed input through a slow
@@ -295,10 +308,12 @@ def _conv_winograd(x: Array, kernel: Array, pads: Pads) -> Array:
         for r in _winograd_bt(rows)
         for t in _winograd_bt([r[:, :, j : j + 2 * tiles_w : 2] for j in range(4)])
     ]
-    taps = [u for r in _winograd_g([kernel[i] for i in range(3)]) for u in _winograd_g([r[j] for j in range(3)])]
-    features = kernel.shape[-1]
+    contract = (((1,), (1 if transposed_taps else 0,)), ((), ()))
+    features = taps[0].shape[0 if transposed_taps else 1]
     m = [
-        jnp.dot(v, u, preferred_element_type=_acc_dtype(x.dtype)).reshape(n, tiles_h, tiles_w, features)
+        lax.dot_general(v, u, contract, preferred_element_type=_acc_dtype(x.dtype)).reshape(
+            n, tiles_h, tiles_w, features
+        )
         for v, u in zip(inputs, taps, strict=True)
     ]
     by_column = [_winograd_at([m[4 * a + b] for a in range(4)]) for b in range(4)]  # [b][p]
@@ -308,21 +323,32 @@ def _conv_winograd(x: Array, kernel: Array, pads: Pads) -> Array:
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _conv_winograd_im2col_grad(x: Array, kernel: Array, pads: Pads) -> Array:
-    """Winograd's forward for inference; differentiated (training), im2col's value and gradient as in
-    ``_conv_lax_im2col_grad``, whose patches the kernel gradient needs anyway."""
-    return _conv_winograd(x, kernel, pads)
+def _conv_winograd(x: Array, kernel: Array, pads: Pads) -> Array:
+    """Winograd's forward, and its input gradient too (a 3x3 convolution of the output gradient with
+    the flipped kernel); the kernel gradient is im2col's patch matmul, the patches rebuilt in the
+    backward pass. Value + gradient 1.05-1.3x im2col's where ``_winograd_pays`` (VGG16's 24x24x256
+    at batch 8 1.22x, S1's ResNet50 64x16x16x256 1.30x; W1's training step 3.5 -> 3.9 images/s)."""
+    return _winograd_conv(x, _winograd_taps(kernel), pads)
 
 
-def _conv_winograd_im2col_grad_fwd(x, kernel, pads):
-    return _conv_lax_im2col_grad_fwd(x, kernel, (1, 1), pads)
+def _conv_winograd_fwd(x, kernel, pads):
+    taps = _winograd_taps(kernel)
+    return _winograd_conv(x, taps, pads), (x, taps)
 
 
-def _conv_winograd_im2col_grad_bwd(pads, vjp, g):
-    return vjp(g)
+def _conv_winograd_bwd(pads, residuals, g):
+    x, taps = residuals
+    (top, bottom), (left, right) = pads
+    flipped = [taps[4 * _WINOGRAD_FLIP[a] + _WINOGRAD_FLIP[b]] for a in range(4) for b in range(4)]
+    dx = _winograd_conv(g, flipped, ((2 - top, 2 - bottom), (2 - left, 2 - right)), transposed_taps=True)
+    patches = jnp.concatenate(_windows(x, (3, 3), (1, 1), pads), axis=-1)
+    dkernel = jnp.dot(
+        patches.reshape(-1, patches.shape[-1]).T, g.reshape(-1, g.shape[-1]), preferred_element_type=_acc_dtype(x.dtype)
+    )
+    return dx, dkernel.reshape(3, 3, *taps[0].shape).astype(taps[0].dtype)
 
 
-_conv_winograd_im2col_grad.defvjp(_conv_winograd_im2col_grad_fwd, _conv_winograd_im2col_grad_bwd)
+_conv_winograd.defvjp(_conv_winograd_fwd, _conv_winograd_bwd)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2,))
