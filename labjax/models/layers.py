@@ -27,7 +27,7 @@ Which rewrite is used was decided by measuring value + gradient on 2 CPU cores
   1.3-3.7x faster than lax's. 3x3 stride-1 convolutions from 64 channels with 0.5+ GFLOP of
   work run as Winograd F(2x2, 3x3), 2.25x fewer multiplies, forward and input gradient
   (``_winograd_pays``): 1.1-1.9x XLA's convolution in inference (VGG16 1.60x), value + gradient
-  1.05-1.3x im2col's (S1's ResNet50 training step 1.11x).
+  1.05-1.3x im2col's (S1's ResNet50 training step 1.08x).
 * transposed convolution (on a GPU too, for its gradient: see ``_conv_transpose_lax_taps_grad``):
   one matmul of the input with all kernel taps, then
   each output phase (sub-pixel position) is a sum of shifted slices of that
@@ -327,7 +327,7 @@ def _conv_winograd(x: Array, kernel: Array, pads: Pads) -> Array:
     """Winograd's forward, and its input gradient too (a 3x3 convolution of the output gradient with
     the flipped kernel); the kernel gradient is im2col's patch matmul, the patches rebuilt in the
     backward pass. Value + gradient 1.05-1.3x im2col's where ``_winograd_pays`` (VGG16's 24x24x256
-    at batch 8 1.22x, S1's ResNet50 64x16x16x256 1.30x; W1's training step 3.5 -> 3.9 images/s)."""
+    at batch 8 1.22x, S1's ResNet50 64x16x16x256 1.30x; W1's training step 3.7 -> 4.0 images/s)."""
     return _winograd_conv(x, _winograd_taps(kernel), pads)
 
 
