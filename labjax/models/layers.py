@@ -189,10 +189,15 @@ def _conv_fast(x: Array, kernel: Array, strides: tuple[int, int], pads: Pads) ->
     return _conv_lax_im2col_grad(x, kernel, strides, pads)
 
 
+def _im2col_patches(x: Array, kernel_size: tuple[int, int], strides: tuple[int, int], pads: Pads) -> Array:
+    """Each output pixel's receptive field, taps row-major then channels: (n, out_h, out_w, kh*kw*cin)."""
+    cols = _windows(x, kernel_size, strides, pads)
+    return cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
+
+
 def _conv_im2col(x: Array, kernel: Array, strides: tuple[int, int], pads: Pads) -> Array:
     kh, kw, cin, features = kernel.shape
-    cols = _windows(x, (kh, kw), strides, pads)
-    patches = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
+    patches = _im2col_patches(x, (kh, kw), strides, pads)
     return _matmul(patches, kernel.reshape(kh * kw * cin, features)).astype(x.dtype)
 
 
@@ -249,9 +254,8 @@ def _winograd_pays(x: Array, kernel: Array, strides: tuple[int, int], pads: Pads
     picks. float32 only: the transforms add and halve values, which bfloat16 would round.
     """
     n, h, w, cin = x.shape
-    (top, bottom), (left, right) = pads
-    out_h, out_w = h + top + bottom - 2, w + left + right - 2
-    tiles = n * -(-out_h // 2) * -(-out_w // 2)
+    out_h, out_w, tiles_h, tiles_w = _winograd_tiling(h, w, pads)
+    tiles = n * tiles_h * tiles_w
     flops = 2 * 9 * n * out_h * out_w * cin * kernel.shape[-1]
     return (
         kernel.shape[:2] == (3, 3)
@@ -261,6 +265,13 @@ def _winograd_pays(x: Array, kernel: Array, strides: tuple[int, int], pads: Pads
         and tiles >= _WINOGRAD_MIN_TILES
         and flops >= _WINOGRAD_MIN_FLOPS
     )
+
+
+def _winograd_tiling(h: int, w: int, pads: Pads) -> tuple[int, int, int, int]:
+    """A 3x3 stride-1 convolution's output size and its 2x2 output tiles: (out_h, out_w, tiles_h, tiles_w)."""
+    (top, bottom), (left, right) = pads
+    out_h, out_w = h + top + bottom - 2, w + left + right - 2
+    return out_h, out_w, -(-out_h // 2), -(-out_w // 2)
 
 
 # Winograd F(2x2, 3x3) (Lavin & Gray, 2015): a 2x2 output tile is A^T [(G g G^T) * (B^T d B)] A for
@@ -297,9 +308,8 @@ def _winograd_conv(x: Array, taps: list[Array], pads: Pads, transposed_taps: boo
     concatenate (24x24x256: 1.31x lax's speed batched, 1.82x split).
     """
     n, h, w, cin = x.shape
-    (top, bottom), (left, right) = pads
-    out_h, out_w = h + top + bottom - 2, w + left + right - 2
-    tiles_h, tiles_w = -(-out_h // 2), -(-out_w // 2)
+    (top, _), (left, _) = pads
+    out_h, out_w, tiles_h, tiles_w = _winograd_tiling(h, w, pads)
     # Tile (i, j) reads padded rows 2i..2i+3 and columns 2j..2j+3; pad up to whole tiles.
     xp = _pad_spatial(x, ((top, 2 * tiles_h + 2 - h - top), (left, 2 * tiles_w + 2 - w - left)))
     rows = [xp[:, i : i + 2 * tiles_h : 2] for i in range(4)]
@@ -341,7 +351,7 @@ def _conv_winograd_bwd(pads, residuals, g):
     (top, bottom), (left, right) = pads
     flipped = [taps[4 * _WINOGRAD_FLIP[a] + _WINOGRAD_FLIP[b]] for a in range(4) for b in range(4)]
     dx = _winograd_conv(g, flipped, ((2 - top, 2 - bottom), (2 - left, 2 - right)), transposed_taps=True)
-    patches = jnp.concatenate(_windows(x, (3, 3), (1, 1), pads), axis=-1)
+    patches = _im2col_patches(x, (3, 3), (1, 1), pads)
     dkernel = jnp.dot(
         patches.reshape(-1, patches.shape[-1]).T, g.reshape(-1, g.shape[-1]), preferred_element_type=_acc_dtype(x.dtype)
     )
