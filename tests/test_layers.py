@@ -352,7 +352,8 @@ def test_big_3x3_conv_runs_winograd_and_its_kernel_gradient_im2col():
         ((8, 24, 24, 256), (3, 3, 256, 256), (1, 1), jnp.bfloat16, False),  # the transforms would round
         ((8, 96, 96, 32), (3, 3, 32, 64), (1, 1), jnp.float32, False),  # 32 channels: 0.75x measured
         ((8, 24, 24, 64), (3, 3, 64, 64), (1, 1), jnp.float32, False),  # 0.34 GFLOP
-        ((1, 8, 8, 512), (3, 3, 512, 512), (1, 1), jnp.float32, False),  # 16 tiles
+        ((1, 8, 8, 1024), (3, 3, 1024, 1024), (1, 1), jnp.float32, False),  # 1.2 GFLOP, but 16 tiles
+        ((2, 8, 8, 1024), (3, 3, 1024, 1024), (1, 1), jnp.float32, True),  # 32 tiles
     ],
 )
 def test_winograd_is_chosen_only_where_it_was_measured_faster(x_shape, kernel_shape, strides, dtype, pays):
