@@ -11,7 +11,7 @@ COMPUTE_DTYPES = ("float32", "bfloat16")
 
 # Keys a resumed run may change without changing what is trained.
 RESUMABLE_CHANGES = re.compile(
-    r"^(num_epochs|num_train_steps|log_every_steps|steps_per_execution|eval_batch_size|checkpoint\..*"
+    r"^(num_epochs|num_train_steps|log_every_steps|steps_per_execution|profile_steps|eval_batch_size|checkpoint\..*"
     r"|data\.(path|test_path|cache))$"
 )
 
@@ -155,6 +155,9 @@ def base_config(task: str) -> ml_collections.ConfigDict:
     # For small, fast steps (batch 1) where per-step Python and dispatch dominate; logging, the NaN check and
     # SIGINT/SIGTERM then happen every k steps. One compiled program: a short last chunk skips its padding.
     config.steps_per_execution = 1
+    # Trace this many train steps after the first (compiling) dispatch into WORKDIR/profile, with a table and a
+    # plot of where their time went by layer (labjax/profiling.py); 0: no trace.
+    config.profile_steps = 0
 
     config.checkpoint = ml_collections.ConfigDict()
     config.checkpoint.every_epochs = 1
@@ -235,6 +238,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         "steps_per_execution",
         config.steps_per_execution,
         "an integer >= 1 (train steps per dispatch; 1: one at a time)",
+    )
+    _check(
+        isinstance(config.profile_steps, int) and config.profile_steps >= 0,
+        "profile_steps",
+        config.profile_steps,
+        "an integer >= 0 (train steps to trace into WORKDIR/profile; 0: none)",
     )
     _check(config.checkpoint.keep >= 1, "checkpoint.keep", config.checkpoint.keep, "an integer >= 1")
     _check(

@@ -27,7 +27,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from labjax import checkpoints as ckpt
 from labjax import config as config_lib
-from labjax import models, optim, parallel, plots, tasks
+from labjax import models, optim, parallel, plots, profiling, tasks
 from labjax.weights import pretrained
 
 OWN_FILES = (
@@ -337,7 +337,11 @@ class Progress:
 
     def __init__(self, total_steps: int, global_batch: int):
         self.total, self.batch = total_steps, global_batch
-        self.mark_step, self.mark_time = None, None
+        self.mark_step, self.mark_time, self.excluded = None, None, 0.0
+
+    def exclude(self, seconds: float) -> None:
+        """Leave `seconds` spent on something else than training out of the rate."""
+        self.excluded += seconds
 
     def update(self, step: int, epoch: int, num_epochs: int, loss: float) -> None:
         now = time.perf_counter()
@@ -345,7 +349,7 @@ class Progress:
             self.mark_step, self.mark_time = step, now
             print(f"epoch {epoch + 1}/{num_epochs} step {step}/{self.total} loss {loss:.4f} (compiled)", flush=True)
             return
-        rate = (step - self.mark_step) / max(now - self.mark_time, 1e-9)
+        rate = (step - self.mark_step) / max(now - self.mark_time - self.excluded, 1e-9)
         eta = (self.total - step) / max(rate, 1e-9)
         print(
             f"epoch {epoch + 1}/{num_epochs} step {step}/{self.total} loss {loss:.4f} | "
@@ -565,6 +569,7 @@ def train_and_evaluate(
     writer = writers.create_writer(workdir, jax.process_index() == 0)
     _write_status(workdir, "running", step=start_step)
     progress = Progress(total_steps, config.batch_size)
+    profiler = profiling.StepProfiler(workdir / "profile", config.profile_steps)
     earlier_rows = _init_from_rows(config.model.init_from)
     run_facts = {"num_params": int(num_params), "trainable_params": int(num_params - num_frozen)}
     from labjax import predict  # imports this module
@@ -606,14 +611,21 @@ def train_and_evaluate(
             while step < end:
                 count = min(per_dispatch, end - step)
                 if multi_step is None:
-                    state, metrics = train_step(state, parallel.to_global(next(batches), mesh))
+                    batch = parallel.to_global(next(batches), mesh)
+                    state, metrics = train_step(state, batch)
                     epoch_metrics = metrics if epoch_metrics is None else epoch_metrics.merge(metrics)
+                    lower = functools.partial(train_step.lower, state, batch)
                 else:
                     chunk = _chunk_to_global(next(batches), count, per_dispatch, mesh)
                     merged = no_metrics if epoch_metrics is None else epoch_metrics
                     state, epoch_metrics, metrics = multi_step(state, merged, chunk, np.int32(count))
+                    lower = functools.partial(multi_step.lower, state, merged, chunk, np.int32(count))
                 step += count
                 first = step - count == start_step
+                # Summarising a trace takes seconds that are no training: rates and times leave them out.
+                summarising = profiler.after_dispatch(step, first, step >= end, state, lower)
+                tic += summarising
+                progress.exclude(summarising)
                 if first or step // config.log_every_steps > (step - count) // config.log_every_steps:
                     loss = float(metrics.loss.compute())
                     _check_finite(loss, step, workdir)

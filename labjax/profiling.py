@@ -1,0 +1,211 @@
+"""Where a training step's time goes: a `jax.profiler` trace of a few steps, summed by layer.
+
+`config.profile_steps = N` traces N training steps, starting after the session's first (compiling)
+dispatch, into WORKDIR/profile (open it in TensorBoard's profile plugin, or the `.trace.json.gz` in
+Perfetto), and writes there `summary.txt`, the traced time per step by layer (forward and backward
+apart) and by kind of operation, and `by_layer.png`, the layers that took most. The layer of an
+operation is the Flax module path XLA kept in its metadata (`backbone/conv2_block1_1_conv`); the
+loss, the optimizer's update and the metrics are a row of their own, as are the gradients'
+all-reduce across devices and the few operations whose metadata XLA dropped.
+
+Operations of XLA:CPU's runtime may run concurrently, so their times can add up to more than the
+step's wall time; the summary gives both.
+"""
+
+import collections
+import dataclasses
+import gzip
+import json
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+
+from labjax import plots
+
+OUTSIDE = "(loss, optimizer, metrics)"
+UNRECORDED = "(no layer recorded)"  # XLA dropped the operation's metadata (some fused matmuls)
+COMMUNICATION = "(cross-device communication)"  # the gradients' all-reduce, across layers
+_COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
+# Path pieces that name JAX's transformations and control flow, not modules.
+_CONTROL = re.compile(r"^(while|body|cond|closed_call|branch_\d+_fun|checkpoint|remat|rematted_computation)$")
+# Containers: their time is that of the operations they run, which the trace lists on their own.
+_CONTAINERS = ("while", "conditional", "call")
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = .*? ([a-z][\w\-]*)\(")
+_COMPUTATION = re.compile(r"^%?([\w.\-]+) .*\{$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Op:
+    layer: str
+    direction: str  # forward | backward | update
+    kind: str  # matmul | convolution | reduction | elementwise | copy | concatenate | ...
+
+
+def layer_of(op_name: str) -> tuple[str, str]:
+    """('backbone/conv2_block1_1_conv', 'backward') from an op_name such as
+    'jit(train_step)/transpose(jvp(Classifier))/backbone/conv2_block1_1_conv/dot_general'."""
+    pieces = op_name.split("/")[1:-1]  # the jitted function's name and the primitive go
+    modules = [p for p in pieces if "(" not in p and not _CONTROL.match(p)]
+    if not modules:  # the loss, the optimizer's update and the metrics run in no module
+        return OUTSIDE, "update"
+    return "/".join(modules), "backward" if any(p.startswith("transpose(") for p in pieces) else "forward"
+
+
+def _kind(opcode: str, body: list[str]) -> str:
+    """A fusion's kind is that of its costliest member: matmul > convolution > reduction > elementwise."""
+    if opcode != "fusion":
+        return {"dot": "matmul", "reduce": "reduction", "custom-call": "library call"}.get(opcode, opcode)
+    opcodes = {m.group(2) for m in map(_INSTRUCTION.match, body) if m}
+    for member, kind in (("dot", "matmul"), ("convolution", "convolution"), ("reduce", "reduction")):
+        if member in opcodes:
+            return kind
+    if "concatenate" in opcodes:
+        return "concatenate"
+    return "elementwise"
+
+
+def hlo_ops(hlo_text: str) -> tuple[str, dict[str, Op]]:
+    """The compiled module's name and each instruction's layer, direction and kind, from its text."""
+    module = re.search(r"^HloModule ([\w.\-]+)", hlo_text, re.M)
+    bodies: dict[str, list[str]] = {}
+    current = None
+    for line in hlo_text.splitlines():
+        header = _COMPUTATION.match(line) if not line.startswith(" ") else None
+        if header:
+            current = bodies.setdefault(header.group(1), [])
+        elif line.startswith("}"):
+            current = None
+        elif current is not None:
+            current.append(line)
+    ops = {}
+    for line in hlo_text.splitlines():
+        match = _INSTRUCTION.match(line)
+        if not match:
+            continue
+        name, opcode = match.groups()
+        if opcode in _CONTAINERS:
+            continue
+        called = re.search(r"calls=%([\w.\-]+)", line)
+        op_name = re.search(r'op_name="([^"]*)"', line)
+        layer, direction = layer_of(op_name.group(1)) if op_name else (UNRECORDED, "update")
+        if opcode in _COLLECTIVES or opcode.endswith(("-start", "-done")):
+            layer, direction = COMMUNICATION, "update"
+        ops[name] = Op(layer, direction, _kind(opcode, bodies.get(called.group(1), []) if called else []))
+    return (module.group(1) if module else ""), ops
+
+
+def op_times(trace_file: Path, module: str) -> dict[str, float]:
+    """Seconds per HLO operation of `module` in a Perfetto trace (`create_perfetto_trace=True`)."""
+    with gzip.open(trace_file) as f:
+        events = json.load(f)
+    events = events["traceEvents"] if isinstance(events, dict) else events
+    times: dict[str, float] = collections.defaultdict(float)
+    for event in events:
+        args = event.get("args") or {}
+        if event.get("ph") == "X" and args.get("hlo_module") == module and "hlo_op" in args:
+            times[args["hlo_op"]] += event.get("dur", 0.0) * 1e-6
+    return dict(times)
+
+
+def summarize(times: dict[str, float], ops: dict[str, Op], steps: int, wall_s: float) -> str:
+    """The summary table's text: per-step milliseconds by layer (forward, backward) and by kind."""
+    by_layer: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0, 0.0])
+    by_kind: dict[str, float] = collections.defaultdict(float)
+    for name, seconds in times.items():
+        if name not in ops:  # a container, or an operation of another module
+            continue
+        op = ops[name]
+        column = {"forward": 0, "backward": 1, "update": 2}[op.direction]
+        by_layer[op.layer][column] += seconds / steps * 1e3
+        by_kind[op.kind] += seconds / steps * 1e3
+    total = sum(by_kind.values())
+    lines = [
+        f"{steps} traced step(s): {wall_s / steps * 1e3:.2f} ms per step of wall time, "
+        f"{total:.2f} ms of XLA operations (they may overlap).",
+        "",
+        f"{'by kind of operation':40s} {'ms/step':>9s} {'share':>6s}",
+    ]
+    for kind, ms in sorted(by_kind.items(), key=lambda kv: -kv[1]):
+        lines.append(f"{kind:40s} {ms:9.3f} {ms / max(total, 1e-12):6.1%}")
+    lines += ["", f"{'by layer':40s} {'ms/step':>9s} {'share':>6s} {'forward':>9s} {'backward':>9s} {'other':>9s}"]
+    for layer, (fwd, bwd, other) in sorted(by_layer.items(), key=lambda kv: -sum(kv[1])):
+        ms = fwd + bwd + other
+        lines.append(f"{layer:40s} {ms:9.3f} {ms / max(total, 1e-12):6.1%} {fwd:9.3f} {bwd:9.3f} {other:9.3f}")
+    return "\n".join(lines) + "\n"
+
+
+def plot_layers(table: str, path: Path, top: int = 20) -> Path:
+    """by_layer.png: the `top` layers of a summary's table, forward and backward stacked."""
+    rows = table.split(f"{'by layer':40s}", 1)[1].splitlines()[1 : top + 1]
+    names = [row[:40].strip() for row in rows]
+    fwd, bwd, other = ([float(row[40:].split()[i]) for row in rows] for i in (2, 3, 4))
+    fig, ax = plots.plt.subplots(figsize=(8, 0.3 * len(names) + 1.2))
+    y = range(len(names))[::-1]
+    ax.barh(y, fwd, label="forward")
+    ax.barh(y, bwd, left=fwd, label="backward")
+    ax.barh(y, other, left=[f + b for f, b in zip(fwd, bwd)], label="update, loss, metrics")
+    ax.set_yticks(list(y), names, fontsize=7)
+    ax.set_xlabel("ms per step")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plots.plt.close(fig)
+    return path
+
+
+class StepProfiler:
+    """Traces `steps` training steps after the first dispatch, then writes the summary (process 0).
+
+    `after_dispatch` is called after every dispatch with the step reached, whether it was the session's
+    first or an epoch's last, and a function that lowers the jitted step for the arguments it ran on
+    (the compiled text comes from JAX's cache: nothing compiles again). The trace stays within one
+    epoch, so evaluation never falls inside it: it stops early at an epoch's end, and does not start
+    at one.
+    """
+
+    def __init__(self, directory: Path, steps: int):
+        self.directory, self.steps = Path(directory), steps
+        self.start_step: int | None = None
+        self.done = steps <= 0 or jax.process_index() != 0
+        self.tic = 0.0
+
+    def after_dispatch(
+        self, step: int, first_dispatch: bool, epoch_end: bool, state, lower: Callable[[], jax.stages.Lowered]
+    ) -> float:
+        """Returns the seconds spent writing the summary (0 but after the traced steps)."""
+        if self.done or first_dispatch:
+            return 0.0
+        if self.start_step is None:
+            if epoch_end:
+                return 0.0
+            jax.block_until_ready(state)  # the trace then holds the traced steps only
+            self.directory.mkdir(parents=True, exist_ok=True)
+            jax.profiler.start_trace(str(self.directory), create_perfetto_trace=True)
+            self.start_step, self.tic = step, time.perf_counter()
+        elif step - self.start_step >= self.steps or epoch_end:
+            jax.block_until_ready(state)
+            stopped = time.perf_counter()
+            jax.profiler.stop_trace()
+            self.done = True
+            self.write_summary(step - self.start_step, stopped - self.tic, lower().compile().as_text())
+            return time.perf_counter() - stopped
+        return 0.0
+
+    def write_summary(self, steps: int, wall_s: float, hlo_text: str) -> None:
+        module, ops = hlo_ops(hlo_text)
+        traces = sorted(self.directory.glob("plugins/profile/*/*.trace.json.gz"), key=lambda p: p.stat().st_mtime)
+        times = op_times(traces[-1], module) if traces else {}
+        if not times:
+            print(f"Profile: no XLA operation of {module} in the trace; see {self.directory}.", flush=True)
+            return
+        table = summarize(times, ops, steps, wall_s)
+        (self.directory / "summary.txt").write_text(table)
+        plot_layers(table, self.directory / "by_layer.png")
+        lines = table.splitlines()
+        by_layer = next(i for i, line in enumerate(lines) if line.startswith("by layer"))
+        head = "\n".join(lines[: by_layer + 11])  # the kinds and the ten costliest layers
+        steps_traced = f"steps {self.start_step + 1}-{self.start_step + steps}"
+        print(f"Profile of {steps_traced} ({self.directory}; all of it in summary.txt):\n{head}", flush=True)
