@@ -9,7 +9,9 @@ loss, the optimizer's update and the metrics are a row of their own, as are the 
 all-reduce across devices and the few operations whose metadata XLA dropped.
 
 Operations of XLA:CPU's runtime may run concurrently, so their times can add up to more than the
-step's wall time; the summary gives both.
+step's wall time; the summary gives both. There, the matmuls and convolutions XLA leaves to Eigen
+(not fused into a YNNPACK call) run asynchronously: the trace times their launch only, and their
+work slows the operations running beside them. Their kind says so ("matmul (Eigen, async)").
 """
 
 import collections
@@ -54,8 +56,13 @@ def layer_of(op_name: str) -> tuple[str, str]:
     return "/".join(modules), "backward" if any(p.startswith("transpose(") for p in pieces) else "forward"
 
 
-def _kind(opcode: str, body: list[str]) -> str:
+_EIGEN_ASYNC = {"dot": "matmul (Eigen, async)", "convolution": "convolution (Eigen, async)"}
+
+
+def _kind(opcode: str, body: list[str], cpu: bool) -> str:
     """A fusion's kind is that of its costliest member: matmul > convolution > reduction > elementwise."""
+    if cpu and opcode in _EIGEN_ASYNC:
+        return _EIGEN_ASYNC[opcode]
     if opcode != "fusion":
         return {"dot": "matmul", "reduce": "reduction", "custom-call": "library call"}.get(opcode, opcode)
     opcodes = {m.group(2) for m in map(_INSTRUCTION.match, body) if m}
@@ -67,8 +74,9 @@ def _kind(opcode: str, body: list[str]) -> str:
     return "elementwise"
 
 
-def hlo_ops(hlo_text: str) -> tuple[str, dict[str, Op]]:
-    """The compiled module's name and each instruction's layer, direction and kind, from its text."""
+def hlo_ops(hlo_text: str, cpu: bool = False) -> tuple[str, dict[str, Op]]:
+    """The compiled module's name and each instruction's layer, direction and kind, from its text
+    (`cpu`: compiled for XLA:CPU, whose plain dot and convolution instructions run asynchronously)."""
     module = re.search(r"^HloModule ([\w.\-]+)", hlo_text, re.M)
     bodies: dict[str, list[str]] = {}
     current = None
@@ -93,7 +101,8 @@ def hlo_ops(hlo_text: str) -> tuple[str, dict[str, Op]]:
         layer, direction = layer_of(op_name.group(1)) if op_name else (UNRECORDED, "update")
         if opcode in _COLLECTIVES or opcode.endswith(("-start", "-done")):
             layer, direction = COMMUNICATION, "update"
-        ops[name] = Op(layer, direction, _kind(opcode, bodies.get(called.group(1), []) if called else []))
+        body = bodies.get(called.group(1), []) if called else []
+        ops[name] = Op(layer, direction, _kind(opcode, body, cpu))
     return (module.group(1) if module else ""), ops
 
 
@@ -195,7 +204,7 @@ class StepProfiler:
         return 0.0
 
     def write_summary(self, steps: int, wall_s: float, hlo_text: str) -> None:
-        module, ops = hlo_ops(hlo_text)
+        module, ops = hlo_ops(hlo_text, cpu=jax.default_backend() == "cpu")
         traces = sorted(self.directory.glob("plugins/profile/*/*.trace.json.gz"), key=lambda p: p.stat().st_mtime)
         times = op_times(traces[-1], module) if traces else {}
         if not times:

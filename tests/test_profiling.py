@@ -50,6 +50,7 @@ ENTRY %main (x: f32[8,4], w: f32[4,2]) -> f32[8,2] {
   %w = f32[4,2]{1,0} parameter(1)
   %ynn_fusion = f32[8,2]{1,0} fusion(%x, %w), kind=kCustom, calls=%fused_computation.1, metadata={op_name="jit(step)/jvp(Net)/dense/dot_general"}
   %tanh_fusion = f32[8,2]{1,0} fusion(%ynn_fusion), kind=kLoop, calls=%fused_computation.2, metadata={op_name="jit(step)/transpose(jvp(Net))/dense/tanh"}
+  %dot.2 = f32[4,2]{1,0} dot(%x, %tanh_fusion), lhs_contracting_dims={0}, rhs_contracting_dims={0}, metadata={op_name="jit(step)/transpose(jvp(Net))/dense/dot_general"}
   ROOT %copy.1 = f32[8,2]{1,0} copy(%tanh_fusion)
 }
 """
@@ -61,6 +62,10 @@ def test_the_summary_sums_each_operation_into_its_layer_and_kind():
     assert ops["ynn_fusion"] == profiling.Op("dense", "forward", "matmul")
     assert ops["tanh_fusion"] == profiling.Op("dense", "backward", "elementwise")
     assert ops["copy.1"] == profiling.Op(profiling.UNRECORDED, "update", "copy")
+    assert ops["dot.2"] == profiling.Op("dense", "backward", "matmul")
+    # On the CPU a plain dot runs on Eigen's threads, asynchronously: its kind says the trace undercounts it.
+    assert profiling.hlo_ops(HLO, cpu=True)[1]["dot.2"].kind == "matmul (Eigen, async)"
+    assert profiling.hlo_ops(HLO, cpu=True)[1]["ynn_fusion"].kind == "matmul"
     # Two steps traced: 6 ms of matmul, 2 of tanh, 1 of copy, and an operation of another module.
     times = {"ynn_fusion": 0.006, "tanh_fusion": 0.002, "copy.1": 0.001, "elsewhere.7": 5.0}
     table = profiling.summarize(times, ops, steps=2, wall_s=0.010)
