@@ -108,7 +108,7 @@ def worker(args) -> None:
         if framework == "labjax":
             from benchmarks import speed_labjax
 
-            result = speed_labjax.run(workload, mode, **sizes)
+            result = speed_labjax.run(workload, mode, **sizes, profile=args.profile)
         elif framework.startswith("keras"):
             from benchmarks import peers_keras
 
@@ -225,6 +225,9 @@ def main(argv: list[str] | None = None) -> None:
         choices=("labjax", "all", "none"),
         help="whose rows run with glibc's huge-page tunable, as launch.py runs labjax (default: labjax's only)",
     )
+    parser.add_argument(
+        "--profile", type=int, default=0, help="after timing, trace N more labjax dispatches and print where time went"
+    )
     parser.add_argument("--row", default="", help=argparse.SUPPRESS)  # internal: measure one row
     parser.add_argument("--infer", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -244,6 +247,7 @@ def main(argv: list[str] | None = None) -> None:
     passed = [f"--{k}={getattr(args, k)}" for k in ("steps", "windows") if getattr(args, k)]
     passed += [f"--warmup={args.warmup}"] * (args.warmup is not None) + ["--quick"] * args.quick
     passed += [f"--torch-threads={args.torch_threads}"] * bool(args.torch_threads) + [f"--precision={args.precision}"]
+    passed += [f"--profile={args.profile}"] * bool(args.profile)
 
     everything, gflops = {"ceilings": [], "rows": []}, None
     for case in cases:
@@ -264,6 +268,9 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"[{case}] {result['label']}: {status} ({took:.0f}s, load {load:.1f})", flush=True)
                 rows.append(result)
         print_table(workload, rows, gflops, args.precision)
+        for row in rows:
+            if row.get("profile"):  # labjax's rows with --profile: the summary of profiling.summarize
+                print(f"\nWhere {row['label']}'s time went ({case}):\n{row['profile']}", flush=True)
         everything["rows"] += rows
     if args.json:
         Path(args.json).write_text(json.dumps(everything, indent=1))

@@ -11,6 +11,7 @@ once its last step is done.
 from __future__ import annotations
 
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -29,7 +30,7 @@ from benchmarks.speed_common import (  # noqa: E402
     time_calls,
 )  # noqa: E402
 from labjax import config as config_lib  # noqa: E402
-from labjax import models, parallel, tasks, train  # noqa: E402
+from labjax import models, parallel, profiling, tasks, train  # noqa: E402
 
 
 def workload_config(workload: Workload, precision: str = "float32") -> ml_collections.ConfigDict:
@@ -102,9 +103,18 @@ def _train_call(mode: str, config, mesh, workload: Workload, carry: dict, images
 
 
 def run(
-    workload: Workload, mode: str, *, steps: int, warmup: int, windows: int, infer: bool, precision: str = "float32"
+    workload: Workload,
+    mode: str,
+    *,
+    steps: int,
+    warmup: int,
+    windows: int,
+    infer: bool,
+    precision: str = "float32",
+    profile: int = 0,
 ) -> dict:
-    """Times training (`mode` step: one step per dispatch; k50: 50) and, with `infer`, inference."""
+    """Times training (`mode` step: one step per dispatch; k50: 50) and, with `infer`, inference;
+    `profile` > 0 traces that many more dispatches after the timing and adds where their time went."""
     config = workload_config(workload, precision)
     mesh = _mesh(workload.batch_size)
     shape = workload.image_shape
@@ -120,6 +130,11 @@ def run(
         images_per_call=per_call * workload.batch_size,
         sync=lambda: jax.block_until_ready(carry),
     )
+    table = None
+    if profile:
+        with tempfile.TemporaryDirectory() as directory:
+            sync = lambda: jax.block_until_ready(carry)  # noqa: E731
+            table = profiling.profile_calls(call, sync, profile, per_call, Path(directory), lower)
     state = carry["state"]
     result = {
         "framework": "labjax",
@@ -133,6 +148,7 @@ def run(
         "flops_per_step": _flops(lower().compile()) if per_call == 1 and jax.default_backend() == "cpu" else None,
         **_param_counts(state, frozen),
         "devices": f"{len(mesh.devices.flat)} x {jax.devices()[0].device_kind}",
+        "profile": table,
     }
     if infer:
         variables = {"params": state.params, "batch_stats": state.batch_stats}

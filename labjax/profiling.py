@@ -204,13 +204,10 @@ class StepProfiler:
         return 0.0
 
     def write_summary(self, steps: int, wall_s: float, hlo_text: str) -> None:
-        module, ops = hlo_ops(hlo_text, cpu=jax.default_backend() == "cpu")
-        traces = sorted(self.directory.glob("plugins/profile/*/*.trace.json.gz"), key=lambda p: p.stat().st_mtime)
-        times = op_times(traces[-1], module) if traces else {}
-        if not times:
-            print(f"Profile: no XLA operation of {module} in the trace; see {self.directory}.", flush=True)
+        table = summarize_trace(self.directory, steps, wall_s, hlo_text)
+        if table is None:
+            print(f"Profile: no XLA operation of the train step in the trace; see {self.directory}.", flush=True)
             return
-        table = summarize(times, ops, steps, wall_s)
         (self.directory / "summary.txt").write_text(table)
         plot_layers(table, self.directory / "by_layer.png")
         lines = table.splitlines()
@@ -218,3 +215,32 @@ class StepProfiler:
         head = "\n".join(lines[: by_layer + 11])  # the kinds and the ten costliest layers
         steps_traced = f"steps {self.start_step + 1}-{self.start_step + steps}"
         print(f"Profile of {steps_traced} ({self.directory}; all of it in summary.txt):\n{head}", flush=True)
+
+
+def summarize_trace(directory: Path, steps: int, wall_s: float, hlo_text: str) -> str | None:
+    """The summary table of the newest trace under `directory` for the module compiled as `hlo_text`
+    (None when the trace holds none of its operations)."""
+    module, ops = hlo_ops(hlo_text, cpu=jax.default_backend() == "cpu")
+    traces = sorted(Path(directory).glob("plugins/profile/*/*.trace.json.gz"), key=lambda p: p.stat().st_mtime)
+    times = op_times(traces[-1], module) if traces else {}
+    return summarize(times, ops, steps, wall_s) if times else None
+
+
+def profile_calls(
+    call: Callable[[], None],
+    sync: Callable[[], None],
+    calls: int,
+    steps_per_call: int,
+    directory: Path,
+    lower: Callable[[], jax.stages.Lowered],
+) -> str | None:
+    """Traces `calls` calls of an already compiled step into `directory`; their summary table."""
+    sync()
+    jax.profiler.start_trace(str(directory), create_perfetto_trace=True)
+    tic = time.perf_counter()
+    for _ in range(calls):
+        call()
+    sync()
+    wall = time.perf_counter() - tic
+    jax.profiler.stop_trace()
+    return summarize_trace(directory, calls * steps_per_call, wall, lower().compile().as_text())

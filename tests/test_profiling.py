@@ -124,3 +124,25 @@ def test_a_profiled_run_writes_where_the_time_went_and_trains_as_an_unprofiled_o
 def test_a_negative_profile_steps_is_a_config_error():
     with pytest.raises(config_lib.ConfigError, match=r"profile_steps=-1.*integer >= 0"):
         config_lib.validate(_config(1, -1), 1)
+
+
+def test_profile_calls_traces_an_already_compiled_step(tmp_path):
+    """benchmarks/speed.py --profile: the calls of a jitted step, traced and summed by layer."""
+    import flax.linen as nn
+    import jax.numpy as jnp
+
+    model = nn.Sequential([nn.Dense(64), nn.relu, nn.Dense(8)])
+    x = jnp.ones((256, 32))
+    params = model.init(jax.random.key(0), x)
+    step = jax.jit(jax.grad(lambda p, x: jnp.sum(model.apply(p, x) ** 2)))
+    out = {"grads": step(params, x)}
+
+    def call():
+        out["grads"] = step(params, x)
+
+    table = profiling.profile_calls(
+        call, lambda: jax.block_until_ready(out), 3, 1, tmp_path, lambda: step.lower(params, x)
+    )
+    assert table.startswith("3 traced step(s)")
+    layers = {line[:40].strip() for line in table.splitlines()}
+    assert {"layers_0", "layers_2"} <= layers, table
