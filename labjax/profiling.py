@@ -203,6 +203,15 @@ class StepProfiler:
             return time.perf_counter() - stopped
         return 0.0
 
+    def finish(self) -> None:
+        """At the run's end: say so when no trace could be taken (no dispatch after the first within an epoch)."""
+        if not self.done and self.start_step is None:
+            print(
+                f"config.profile_steps={self.steps}: no trace taken; it starts after the session's first dispatch and"
+                " stays within an epoch, and no epoch had a dispatch after it: train more steps per epoch.",
+                flush=True,
+            )
+
     def write_summary(self, steps: int, wall_s: float, hlo_text: str) -> None:
         table = summarize_trace(self.directory, steps, wall_s, hlo_text)
         if table is None:

@@ -696,6 +696,7 @@ def train_and_evaluate(
                 print(f"Early stopping: no {stopper.monitor} improvement in {stopper.patience} epochs.", flush=True)
             if jax.process_index() == 0:
                 plots.plot_curves(writers.read_rows(workdir / "metrics.jsonl"), workdir / "plots", earlier_rows)
+    profiler.finish()
     writer.close()
     best = checkpoints.best_step()
     checkpoints.close()

@@ -121,6 +121,14 @@ def test_a_profiled_run_writes_where_the_time_went_and_trains_as_an_unprofiled_o
         np.testing.assert_array_equal(a, b)
 
 
+def test_a_run_too_short_to_trace_says_so(tmp_path, capsys):
+    config = _config(1, 2)
+    config.data.train_size, config.num_epochs = 4, 2  # one step an epoch: never a dispatch after the first
+    train.train_and_evaluate(config, tmp_path)
+    assert "config.profile_steps=2: no trace taken" in capsys.readouterr().out
+    assert not (tmp_path / "profile").exists()
+
+
 def test_a_negative_profile_steps_is_a_config_error():
     with pytest.raises(config_lib.ConfigError, match=r"profile_steps=-1.*integer >= 0"):
         config_lib.validate(_config(1, -1), 1)
