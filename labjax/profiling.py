@@ -32,7 +32,7 @@ UNRECORDED = "(no layer recorded)"  # XLA dropped the operation's metadata (some
 COMMUNICATION = "(cross-device communication)"  # the gradients' all-reduce, across layers
 _COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 # Path pieces that name JAX's transformations and control flow, not modules.
-_CONTROL = re.compile(r"^(while|body|cond|closed_call|branch_\d+_fun|checkpoint|remat|rematted_computation)$")
+_CONTROL = re.compile(r"^(while|body|cond|closed_call|branch_\d+_fun)$")
 # Containers: their time is that of the operations they run, which the trace lists on their own.
 _CONTAINERS = ("while", "conditional", "call")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = .*? ([a-z][\w\-]*)\(")
@@ -119,8 +119,57 @@ def op_times(trace_file: Path, module: str) -> dict[str, float]:
     return dict(times)
 
 
-def summarize(times: dict[str, float], ops: dict[str, Op], steps: int, wall_s: float) -> str:
-    """The summary table's text: per-step milliseconds by layer (forward, backward) and by kind."""
+@dataclasses.dataclass
+class Summary:
+    """Per-step milliseconds of the traced steps by kind of operation and by layer."""
+
+    steps: int
+    wall_s: float
+    by_kind: dict[str, float]
+    by_layer: dict[str, tuple[float, float, float]]  # layer -> (forward, backward, other), costliest first
+
+    @property
+    def total_ms(self) -> float:
+        return sum(self.by_kind.values())
+
+    def text(self, top_layers: int | None = None) -> str:
+        """The table of summary.txt (`top_layers`: only the costliest ones)."""
+        total = max(self.total_ms, 1e-12)
+        lines = [
+            f"{self.steps} traced step(s): {self.wall_s / self.steps * 1e3:.2f} ms per step of wall time, "
+            f"{self.total_ms:.2f} ms of XLA operations (they may overlap).",
+            "",
+            f"{'by kind of operation':40s} {'ms/step':>9s} {'share':>6s}",
+        ]
+        for kind, ms in self.by_kind.items():
+            lines.append(f"{kind:40s} {ms:9.3f} {ms / total:6.1%}")
+        lines += ["", f"{'by layer':40s} {'ms/step':>9s} {'share':>6s} {'forward':>9s} {'backward':>9s} {'other':>9s}"]
+        for layer, (fwd, bwd, other) in list(self.by_layer.items())[:top_layers]:
+            ms = fwd + bwd + other
+            lines.append(f"{layer:40s} {ms:9.3f} {ms / total:6.1%} {fwd:9.3f} {bwd:9.3f} {other:9.3f}")
+        return "\n".join(lines) + "\n"
+
+    def plot_layers(self, path: Path, top: int = 20) -> Path:
+        """by_layer.png: the `top` costliest layers, forward, backward and the rest stacked."""
+        rows = list(self.by_layer.items())[:top]
+        names = [name for name, _ in rows]
+        fwd, bwd, other = ([times[i] for _, times in rows] for i in range(3))
+        fig, ax = plots.plt.subplots(figsize=(8, 0.3 * len(names) + 1.2))
+        y = range(len(names))[::-1]
+        ax.barh(y, fwd, label="forward")
+        ax.barh(y, bwd, left=fwd, label="backward")
+        ax.barh(y, other, left=[f + b for f, b in zip(fwd, bwd)], label="update, loss, metrics")
+        ax.set_yticks(list(y), names, fontsize=7)
+        ax.set_xlabel("ms per step")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plots.plt.close(fig)
+        return path
+
+
+def summarize(times: dict[str, float], ops: dict[str, Op], steps: int, wall_s: float) -> Summary:
+    """Each traced operation's seconds, per step, summed into its layer (by direction) and its kind."""
     by_layer: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0, 0.0])
     by_kind: dict[str, float] = collections.defaultdict(float)
     for name, seconds in times.items():
@@ -130,45 +179,18 @@ def summarize(times: dict[str, float], ops: dict[str, Op], steps: int, wall_s: f
         column = {"forward": 0, "backward": 1, "update": 2}[op.direction]
         by_layer[op.layer][column] += seconds / steps * 1e3
         by_kind[op.kind] += seconds / steps * 1e3
-    total = sum(by_kind.values())
-    lines = [
-        f"{steps} traced step(s): {wall_s / steps * 1e3:.2f} ms per step of wall time, "
-        f"{total:.2f} ms of XLA operations (they may overlap).",
-        "",
-        f"{'by kind of operation':40s} {'ms/step':>9s} {'share':>6s}",
-    ]
-    for kind, ms in sorted(by_kind.items(), key=lambda kv: -kv[1]):
-        lines.append(f"{kind:40s} {ms:9.3f} {ms / max(total, 1e-12):6.1%}")
-    lines += ["", f"{'by layer':40s} {'ms/step':>9s} {'share':>6s} {'forward':>9s} {'backward':>9s} {'other':>9s}"]
-    for layer, (fwd, bwd, other) in sorted(by_layer.items(), key=lambda kv: -sum(kv[1])):
-        ms = fwd + bwd + other
-        lines.append(f"{layer:40s} {ms:9.3f} {ms / max(total, 1e-12):6.1%} {fwd:9.3f} {bwd:9.3f} {other:9.3f}")
-    return "\n".join(lines) + "\n"
-
-
-def plot_layers(table: str, path: Path, top: int = 20) -> Path:
-    """by_layer.png: the `top` layers of a summary's table, forward and backward stacked."""
-    rows = table.split(f"{'by layer':40s}", 1)[1].splitlines()[1 : top + 1]
-    names = [row[:40].strip() for row in rows]
-    fwd, bwd, other = ([float(row[40:].split()[i]) for row in rows] for i in (2, 3, 4))
-    fig, ax = plots.plt.subplots(figsize=(8, 0.3 * len(names) + 1.2))
-    y = range(len(names))[::-1]
-    ax.barh(y, fwd, label="forward")
-    ax.barh(y, bwd, left=fwd, label="backward")
-    ax.barh(y, other, left=[f + b for f, b in zip(fwd, bwd)], label="update, loss, metrics")
-    ax.set_yticks(list(y), names, fontsize=7)
-    ax.set_xlabel("ms per step")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plots.plt.close(fig)
-    return path
+    return Summary(
+        steps,
+        wall_s,
+        dict(sorted(by_kind.items(), key=lambda kv: -kv[1])),
+        {k: tuple(v) for k, v in sorted(by_layer.items(), key=lambda kv: -sum(kv[1]))},
+    )
 
 
 class StepProfiler:
     """Traces `steps` training steps after the first dispatch, then writes the summary (process 0).
 
-    `after_dispatch` is called after every dispatch with the step reached, whether it was the session's
+    While `pending`, `after_dispatch` is called after every dispatch with the step reached, whether it was the session's
     first or an epoch's last, and a function that lowers the jitted step for the arguments it ran on
     (the compiled text comes from JAX's cache: nothing compiles again). The trace stays within one
     epoch, so evaluation never falls inside it: it stops early at an epoch's end, and does not start
@@ -180,6 +202,11 @@ class StepProfiler:
         self.start_step: int | None = None
         self.done = steps <= 0 or jax.process_index() != 0
         self.tic = 0.0
+
+    @property
+    def pending(self) -> bool:
+        """Whether a trace is still to take or to finish: the loop calls after_dispatch only then."""
+        return not self.done
 
     def after_dispatch(
         self, step: int, first_dispatch: bool, epoch_end: bool, state, lower: Callable[[], jax.stages.Lowered]
@@ -213,21 +240,21 @@ class StepProfiler:
             )
 
     def write_summary(self, steps: int, wall_s: float, hlo_text: str) -> None:
-        table = summarize_trace(self.directory, steps, wall_s, hlo_text)
-        if table is None:
+        summary = summarize_trace(self.directory, steps, wall_s, hlo_text)
+        if summary is None:
             print(f"Profile: no XLA operation of the train step in the trace; see {self.directory}.", flush=True)
             return
-        (self.directory / "summary.txt").write_text(table)
-        plot_layers(table, self.directory / "by_layer.png")
-        lines = table.splitlines()
-        by_layer = next(i for i, line in enumerate(lines) if line.startswith("by layer"))
-        head = "\n".join(lines[: by_layer + 11])  # the kinds and the ten costliest layers
+        (self.directory / "summary.txt").write_text(summary.text())
+        summary.plot_layers(self.directory / "by_layer.png")
         steps_traced = f"steps {self.start_step + 1}-{self.start_step + steps}"
-        print(f"Profile of {steps_traced} ({self.directory}; all of it in summary.txt):\n{head}", flush=True)
+        print(
+            f"Profile of {steps_traced} ({self.directory}; all of it in summary.txt):\n{summary.text(top_layers=10)}",
+            flush=True,
+        )
 
 
-def summarize_trace(directory: Path, steps: int, wall_s: float, hlo_text: str) -> str | None:
-    """The summary table of the newest trace under `directory` for the module compiled as `hlo_text`
+def summarize_trace(directory: Path, steps: int, wall_s: float, hlo_text: str) -> Summary | None:
+    """The summary of the newest trace under `directory` for the module compiled as `hlo_text`
     (None when the trace holds none of its operations)."""
     module, ops = hlo_ops(hlo_text, cpu=jax.default_backend() == "cpu")
     traces = sorted(Path(directory).glob("plugins/profile/*/*.trace.json.gz"), key=lambda p: p.stat().st_mtime)
@@ -252,4 +279,5 @@ def profile_calls(
     sync()
     wall = time.perf_counter() - tic
     jax.profiler.stop_trace()
-    return summarize_trace(directory, calls * steps_per_call, wall, lower().compile().as_text())
+    summary = summarize_trace(directory, calls * steps_per_call, wall, lower().compile().as_text())
+    return summary and summary.text()

@@ -56,7 +56,7 @@ ENTRY %main (x: f32[8,4], w: f32[4,2]) -> f32[8,2] {
 """
 
 
-def test_the_summary_sums_each_operation_into_its_layer_and_kind():
+def test_the_summary_sums_each_operation_into_its_layer_and_kind(tmp_path):
     module, ops = profiling.hlo_ops(HLO)
     assert module == "jit_step"
     assert ops["ynn_fusion"] == profiling.Op("dense", "forward", "matmul")
@@ -68,8 +68,10 @@ def test_the_summary_sums_each_operation_into_its_layer_and_kind():
     assert profiling.hlo_ops(HLO, cpu=True)[1]["ynn_fusion"].kind == "matmul"
     # Two steps traced: 6 ms of matmul, 2 of tanh, 1 of copy, and an operation of another module.
     times = {"ynn_fusion": 0.006, "tanh_fusion": 0.002, "copy.1": 0.001, "elsewhere.7": 5.0}
-    table = profiling.summarize(times, ops, steps=2, wall_s=0.010)
-    lines = table.splitlines()
+    summary = profiling.summarize(times, ops, steps=2, wall_s=0.010)
+    assert summary.by_layer == {"dense": (3.0, 1.0, 0.0), profiling.UNRECORDED: (0.0, 0.0, 0.5)}
+    assert list(summary.by_kind) == ["matmul", "elementwise", "copy"]  # costliest first
+    lines = summary.text().splitlines()
     assert lines[0].startswith("2 traced step(s): 5.00 ms per step of wall time, 4.50 ms of XLA operations")
     rows = {line[:40].strip(): line[40:].split() for line in lines[1:] if line[:40].strip()}
     assert rows["matmul"] == ["3.000", "66.7%"] and rows["elementwise"] == ["1.000", "22.2%"]
@@ -78,6 +80,9 @@ def test_the_summary_sums_each_operation_into_its_layer_and_kind():
     assert lines.index(next(line for line in lines if line.startswith("dense"))) < lines.index(
         next(line for line in lines if line.startswith(profiling.UNRECORDED))
     ), "layers come costliest first"
+    assert profiling.UNRECORDED not in summary.text(top_layers=1)  # the printed head: the costliest only
+    png = summary.plot_layers(tmp_path / "by_layer.png")
+    assert png.stat().st_size > 0
 
 
 def _config(steps_per_execution: int, profile_steps: int):
@@ -127,6 +132,17 @@ def test_a_run_too_short_to_trace_says_so(tmp_path, capsys):
     train.train_and_evaluate(config, tmp_path)
     assert "config.profile_steps=2: no trace taken" in capsys.readouterr().out
     assert not (tmp_path / "profile").exists()
+
+
+def test_progress_leaves_excluded_seconds_out_of_its_rate(monkeypatch, capsys):
+    """The seconds a trace's summary takes are not training: the progress line's rate leaves them out."""
+    clock = iter([100.0, 110.0])
+    monkeypatch.setattr(train.time, "perf_counter", lambda: next(clock))
+    progress = train.Progress(total_steps=100, global_batch=4)
+    progress.update(1, 0, 1, 0.5)  # compiled: timing starts here, at t=100
+    progress.exclude(5.0)
+    progress.update(11, 0, 1, 0.5)  # 10 steps in 10 s, 5 of them summarising
+    assert "2.00 steps/s 8.0 img/s" in capsys.readouterr().out.splitlines()[-1]
 
 
 def test_a_negative_profile_steps_is_a_config_error():
