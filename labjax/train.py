@@ -614,18 +614,21 @@ def train_and_evaluate(
                     batch = parallel.to_global(next(batches), mesh)
                     state, metrics = train_step(state, batch)
                     epoch_metrics = metrics if epoch_metrics is None else epoch_metrics.merge(metrics)
-                    lower = functools.partial(train_step.lower, state, batch)
                 else:
                     chunk = _chunk_to_global(next(batches), count, per_dispatch, mesh)
                     merged = no_metrics if epoch_metrics is None else epoch_metrics
                     state, epoch_metrics, metrics = multi_step(state, merged, chunk, np.int32(count))
-                    lower = functools.partial(multi_step.lower, state, merged, chunk, np.int32(count))
                 step += count
                 first = step - count == start_step
-                # Summarising a trace takes seconds that are no training: rates and times leave them out.
-                summarising = profiler.after_dispatch(step, first, step >= end, state, lower)
-                tic += summarising
-                progress.exclude(summarising)
+                if profiler.pending:  # config.profile_steps; nothing is added to the loop once it is done
+                    if multi_step is None:
+                        lower = functools.partial(train_step.lower, state, batch)
+                    else:
+                        lower = functools.partial(multi_step.lower, state, merged, chunk, np.int32(count))
+                    # Summarising a trace takes seconds that are no training: rates and times leave them out.
+                    summarising = profiler.after_dispatch(step, first, step >= end, state, lower)
+                    tic += summarising
+                    progress.exclude(summarising)
                 if first or step // config.log_every_steps > (step - count) // config.log_every_steps:
                     loss = float(metrics.loss.compute())
                     _check_finite(loss, step, workdir)
