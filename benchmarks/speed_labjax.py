@@ -122,18 +122,21 @@ def run(
     carry = {"state": train.create_train_state(config, model, mesh, shape, frozen), "metrics": None}
     images, labels = random_arrays(workload, workload.batch_size)
     call, per_call, lower = _train_call(mode, config, mesh, workload, carry, images, labels)
+
+    def sync() -> None:
+        jax.block_until_ready(carry)
+
     timing = time_calls(
         call,
         calls=max(steps // per_call, 1),
         warmup=-(-warmup // per_call),
         windows=windows,
         images_per_call=per_call * workload.batch_size,
-        sync=lambda: jax.block_until_ready(carry),
+        sync=sync,
     )
     table = None
     if profile:
         with tempfile.TemporaryDirectory() as directory:
-            sync = lambda: jax.block_until_ready(carry)  # noqa: E731
             table = profiling.profile_calls(call, sync, profile, per_call, Path(directory), lower)
     state = carry["state"]
     result = {
