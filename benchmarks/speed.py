@@ -2,10 +2,12 @@
 
     python benchmarks/speed.py --workloads W0,W1,W2,W3,W4 \\
         [--peers keras_tf,keras_tf_noxla,keras_jax,torch] [--windows 3 --steps N --warmup M] [--quick]
-        [--precision bfloat16] [--huge-pages labjax|all|none]
+        [--precision bfloat16] [--huge-pages labjax|all|none] [--rounds R]
 
 Every (workload, framework, mode) row runs in its own subprocess, one after another: Keras'
-backend is fixed when it is imported, and each row's peak host memory is then its own. Rows:
+backend is fixed when it is imported, and each row's peak host memory is then its own. With
+`--rounds R` the rows run R times over, in turn, and each ratio is taken within a round, where
+both sides met the same machine (a shared VM's speed drifts by a fifth within minutes). Rows:
   labjax          the training loop's jitted step (k50: 50 steps per dispatch, W4, when labjax has it)
   keras_tf        Keras 3 on TensorFlow with XLA (jit_compile=True): fit, train_on_batch (W4: fit_spe50 too)
   keras_tf_noxla  the same with jit_compile=False
@@ -28,6 +30,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -128,9 +132,43 @@ def _number(value, fmt: str = ",.1f") -> str:
     return "-" if value is None else format(value, fmt)
 
 
-def print_table(workload: Workload, rows: list[dict], ceiling: float | None, precision: str) -> None:
+def merge_rounds(results: list[dict]) -> dict:
+    """One row's results from every round as one row: the median rates and first step, the highest
+    memory peak, each round's training rate under "round_rates"; a round that failed or skipped
+    makes the row that round's failure."""
+    for result in results:
+        if "train_rate" not in result:
+            return result
+    merged = dict(results[0], round_rates=[r["train_rate"] for r in results])
+    for key in ("train_rate", "infer_rate", "first_step_s"):
+        values = [r[key] for r in results if r.get(key) is not None]
+        if values:
+            merged[key] = float(np.median(values))
+    for key in ("peak_rss_mb", "peak_device_mb"):
+        values = [r[key] for r in results if r.get(key) is not None]
+        if values:
+            merged[key] = max(values)
+    return merged
+
+
+def round_ratios(rounds: list[list[dict]]) -> list[float]:
+    """labjax's fastest training rate over the fastest peer's, within each round that has both."""
+    ratios = []
+    for rows in rounds:
+        done = [r for r in rows if "train_rate" in r]
+        ours = [r["train_rate"] for r in done if r["framework"] == "labjax"]
+        peers = [r["train_rate"] for r in done if r["framework"] != "labjax"]
+        if ours and peers:
+            ratios.append(max(ours) / max(peers))
+    return ratios
+
+
+def print_table(
+    workload: Workload, rows: list[dict], ceiling: float | None, precision: str, ratios: list[float] = ()
+) -> None:
     """One workload's table, the best peer and labjax's ratios, and the parameter check; `ceiling`
-    is the best matmul GFLOP/s in `precision` measured so far in this run."""
+    is the best matmul GFLOP/s in `precision` measured so far in this run; `ratios`, with more than
+    one round, labjax / best peer in each round."""
     done = [r for r in rows if "train_rate" in r]
     flops = next((r["flops_per_step"] for r in done if r.get("flops_per_step")), None)
     h, w, c = workload.image_shape
@@ -176,6 +214,9 @@ def print_table(workload: Workload, rows: list[dict], ceiling: float | None, pre
         if keras_jax:
             line += f", first step {ours[0]['first_step_s'] / keras_jax['first_step_s']:.2f}x Keras-JAX fit's"
         print(line)
+    if len(ratios) > 1:
+        each = ", ".join(f"{ratio:.2f}x" for ratio in ratios)
+        print(f"labjax / best peer, training, round by round: {each}; median {np.median(ratios):.2f}x")
     loads = [r["load"] for r in rows if "load" in r]
     if loads:
         print(f"load average (1 min) at the rows' starts: {min(loads):.1f} to {max(loads):.1f}")
@@ -204,6 +245,24 @@ def measure_ceiling(timeout: float, precision: str) -> dict:
     return ceiling
 
 
+def run_rows(case: str, workload: Workload, frameworks: list[str], passed: list[str], args, tag: str) -> list[dict]:
+    """Every framework's rows of one workload case, each in its own subprocess, in order."""
+    rows = []
+    for framework in frameworks:
+        for index, mode in enumerate(modes(framework, workload)):
+            extra = passed + ["--infer"] * (index == 0)  # inference once per framework
+            start, load = time.perf_counter(), os.getloadavg()[0]
+            result = run_row(f"{case}:{framework}:{mode}", framework, extra, args.row_timeout, args.huge_pages)
+            result.setdefault("label", f"{framework} {mode}")
+            result.update(framework=framework, mode=mode, case=case, load=load)
+            rate = _number(result.get("train_rate"))
+            status = result.get("skipped") or result.get("failed") or f"{rate} img/s"
+            took = time.perf_counter() - start
+            print(f"{tag} {result['label']}: {status} ({took:.0f}s, load {load:.1f})", flush=True)
+            rows.append(result)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workloads", default=",".join(GROUPS), help=f"of {','.join([*GROUPS, *WORKLOADS])}")
@@ -228,6 +287,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--profile", type=int, default=0, help="after timing, trace N more labjax dispatches and print where time went"
     )
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="run every row R times in turn; rates are medians, ratios per round"
+    )
     parser.add_argument("--row", default="", help=argparse.SUPPRESS)  # internal: measure one row
     parser.add_argument("--infer", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -243,6 +305,8 @@ def main(argv: list[str] | None = None) -> None:
     for peer in peers:
         if peer not in PEERS:
             parser.error(f"--peers: {peer!r} is unknown; valid: {', '.join(PEERS)}")
+    if args.rounds < 1:
+        parser.error(f"--rounds: {args.rounds} is not a count of rounds; give 1 or more")
     frameworks = ([] if args.no_labjax else ["labjax"]) + peers
     passed = [f"--{k}={getattr(args, k)}" for k in ("steps", "windows") if getattr(args, k)]
     passed += [f"--warmup={args.warmup}"] * (args.warmup is not None) + ["--quick"] * args.quick
@@ -254,20 +318,12 @@ def main(argv: list[str] | None = None) -> None:
         ceiling = measure_ceiling(args.row_timeout, args.precision)
         everything["ceilings"].append(ceiling)
         gflops = max(gflops or 0.0, ceiling.get("gflops", 0.0)) or None
-        workload, rows = WORKLOADS[case], []
-        for framework in frameworks:
-            for index, mode in enumerate(modes(framework, workload)):
-                extra = passed + ["--infer"] * (index == 0)  # inference once per framework
-                start, load = time.perf_counter(), os.getloadavg()[0]
-                result = run_row(f"{case}:{framework}:{mode}", framework, extra, args.row_timeout, args.huge_pages)
-                result.setdefault("label", f"{framework} {mode}")
-                result.update(framework=framework, mode=mode, case=case, load=load)
-                rate = _number(result.get("train_rate"))
-                status = result.get("skipped") or result.get("failed") or f"{rate} img/s"
-                took = time.perf_counter() - start
-                print(f"[{case}] {result['label']}: {status} ({took:.0f}s, load {load:.1f})", flush=True)
-                rows.append(result)
-        print_table(workload, rows, gflops, args.precision)
+        workload, rounds = WORKLOADS[case], []
+        for round_index in range(args.rounds):
+            tag = f"[{case}]" if args.rounds == 1 else f"[{case} round {round_index + 1}/{args.rounds}]"
+            rounds.append(run_rows(case, workload, frameworks, passed, args, tag))
+        rows = [merge_rounds(list(results)) for results in zip(*rounds)]
+        print_table(workload, rows, gflops, args.precision, round_ratios(rounds))
         for row in rows:
             if row.get("profile"):  # labjax's rows with --profile: the summary of profiling.summarize
                 print(f"\nWhere {row['label']}'s time went ({case}):\n{row['profile']}", flush=True)
