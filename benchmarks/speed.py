@@ -134,12 +134,13 @@ def _number(value, fmt: str = ",.1f") -> str:
 
 def merge_rounds(results: list[dict]) -> dict:
     """One row's results from every round as one row: the median rates and first step, the highest
-    memory peak, each round's training rate under "round_rates"; a round that failed or skipped
-    makes the row that round's failure."""
+    memory peak, each round's training rate under "round_rates" and load under "loads"; a round
+    that failed or skipped makes the row that round's failure."""
     for result in results:
         if "train_rate" not in result:
             return result
     merged = dict(results[0], round_rates=[r["train_rate"] for r in results])
+    merged["loads"] = [r["load"] for r in results if "load" in r]
     for key in ("train_rate", "infer_rate", "first_step_s"):
         values = [r[key] for r in results if r.get(key) is not None]
         if values:
@@ -217,7 +218,7 @@ def print_table(
     if len(ratios) > 1:
         each = ", ".join(f"{ratio:.2f}x" for ratio in ratios)
         print(f"labjax / best peer, training, round by round: {each}; median {np.median(ratios):.2f}x")
-    loads = [r["load"] for r in rows if "load" in r]
+    loads = [load for r in rows for load in r.get("loads", [r["load"]] if "load" in r else [])]
     if loads:
         print(f"load average (1 min) at the rows' starts: {min(loads):.1f} to {max(loads):.1f}")
     counts = {(r["params"], r["trainable"]) for r in done}

@@ -47,12 +47,15 @@ def test_rounds_alternate_the_rows_and_report_each_rounds_ratio(monkeypatch, cap
         return _result(calls[-2][1])
 
     monkeypatch.setattr(speed, "run_row", fake_row)
+    loads = iter([0.9, 0.5, 1.0, 2.5, 2.0, 1.5, 1.0])  # the ceiling's, then one per row as it starts
+    monkeypatch.setattr(speed.os, "getloadavg", lambda: (next(loads), 0.0, 0.0))
     speed.main(["--workloads", "W2/b32", "--peers", "torch", "--rounds", "3"])
     out = capsys.readouterr().out
     rows = [c if isinstance(c, str) else c[0] for c in calls if c != "ceiling"]
     assert rows == ["W2/b32:labjax:step", "W2/b32:torch:eager"] * 3
     assert "[W2/b32 round 2/3] torch eager: 60.0 img/s" in out
     assert "labjax / best peer, training, round by round: 1.50x, 1.50x, 1.50x; median 1.50x" in out
+    assert "load average (1 min) at the rows' starts: 0.5 to 2.5" in out  # every round's
     table = next(line for line in out.splitlines() if line.startswith("labjax step"))
     assert table.split()[2] == "90.0"  # the median of 150, 90 and 45
 
