@@ -322,7 +322,8 @@ def main(argv: list[str] | None = None) -> None:
         workload, rounds = WORKLOADS[case], []
         for round_index in range(args.rounds):
             tag = f"[{case}]" if args.rounds == 1 else f"[{case} round {round_index + 1}/{args.rounds}]"
-            rounds.append(run_rows(case, workload, frameworks, passed, args, tag))
+            once = [flag for flag in passed if not flag.startswith("--profile")]  # a trace is taken once
+            rounds.append(run_rows(case, workload, frameworks, once if round_index else passed, args, tag))
         rows = [merge_rounds(list(results)) for results in zip(*rounds)]
         print_table(workload, rows, gflops, args.precision, round_ratios(rounds))
         for row in rows:

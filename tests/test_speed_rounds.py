@@ -36,8 +36,11 @@ def test_rounds_alternate_the_rows_and_report_each_rounds_ratio(monkeypatch, cap
     speeds = iter([100.0, 60.0, 30.0])
     calls = []
 
+    profiled = []
+
     def fake_row(row, framework, extra, timeout, huge_pages="labjax"):
         calls.append(row)
+        profiled.append("--profile=2" in extra)
         if row == "ceiling":
             return {"gflops": 100.0, "rates": {"numpy": 100.0}, "size": 2048, "device": "cpu"}
         if framework == "labjax":
@@ -49,10 +52,11 @@ def test_rounds_alternate_the_rows_and_report_each_rounds_ratio(monkeypatch, cap
     monkeypatch.setattr(speed, "run_row", fake_row)
     loads = iter([0.9, 0.5, 1.0, 2.5, 2.0, 1.5, 1.0])  # the ceiling's, then one per row as it starts
     monkeypatch.setattr(speed.os, "getloadavg", lambda: (next(loads), 0.0, 0.0))
-    speed.main(["--workloads", "W2/b32", "--peers", "torch", "--rounds", "3"])
+    speed.main(["--workloads", "W2/b32", "--peers", "torch", "--rounds", "3", "--profile", "2"])
     out = capsys.readouterr().out
     rows = [c if isinstance(c, str) else c[0] for c in calls if c != "ceiling"]
     assert rows == ["W2/b32:labjax:step", "W2/b32:torch:eager"] * 3
+    assert profiled[1:] == [True, True] + [False] * 4  # after the ceiling's call, first round only
     assert "[W2/b32 round 2/3] torch eager: 60.0 img/s" in out
     assert "labjax / best peer, training, round by round: 1.50x, 1.50x, 1.50x; median 1.50x" in out
     assert "load average (1 min) at the rows' starts: 0.5 to 2.5" in out  # every round's
