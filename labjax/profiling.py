@@ -269,8 +269,9 @@ def profile_calls(
     steps_per_call: int,
     directory: Path,
     lower: Callable[[], jax.stages.Lowered],
-) -> str | None:
-    """Traces `calls` calls of an already compiled step into `directory`; their summary table."""
+) -> str:
+    """Traces `calls` calls of an already compiled step into `directory`; their summary table, or a line
+    saying the trace held none of the step's operations."""
     sync()
     jax.profiler.start_trace(str(directory), create_perfetto_trace=True)
     tic = time.perf_counter()
@@ -280,4 +281,4 @@ def profile_calls(
     wall = time.perf_counter() - tic
     jax.profiler.stop_trace()
     summary = summarize_trace(directory, calls * steps_per_call, wall, lower().compile().as_text())
-    return summary and summary.text()
+    return summary.text() if summary else "no XLA operation of the step in the trace (see labjax.profiling.op_times)\n"

@@ -170,3 +170,13 @@ def test_profile_calls_traces_an_already_compiled_step(tmp_path):
     assert table.startswith("3 traced step(s)")
     layers = {line[:40].strip() for line in table.splitlines()}
     assert {"layers_0", "layers_2"} <= layers, table
+
+    # Profiled calls that are not the lowered step's module: said, not an empty or missing table.
+    def another_program(x):  # its own module name (a lambda's would be the lowered step's, jit__lambda)
+        return jnp.tanh(x) * 2
+
+    other = jax.jit(another_program)
+    said = profiling.profile_calls(
+        lambda: other(x).block_until_ready(), lambda: None, 2, 1, tmp_path / "other", lambda: step.lower(params, x)
+    )
+    assert said.startswith("no XLA operation of the step in the trace"), said
