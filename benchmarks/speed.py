@@ -246,11 +246,11 @@ def measure_ceiling(timeout: float, precision: str) -> dict:
     return ceiling
 
 
-def run_rows(case: str, workload: Workload, frameworks: list[str], passed: list[str], args, tag: str) -> list[dict]:
+def run_rows(case: str, frameworks: list[str], passed: list[str], args, tag: str) -> list[dict]:
     """Every framework's rows of one workload case, each in its own subprocess, in order."""
     rows = []
     for framework in frameworks:
-        for index, mode in enumerate(modes(framework, workload)):
+        for index, mode in enumerate(modes(framework, WORKLOADS[case])):
             extra = passed + ["--infer"] * (index == 0)  # inference once per framework
             start, load = time.perf_counter(), os.getloadavg()[0]
             result = run_row(f"{case}:{framework}:{mode}", framework, extra, args.row_timeout, args.huge_pages)
@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> None:
         for round_index in range(args.rounds):
             tag = f"[{case}]" if args.rounds == 1 else f"[{case} round {round_index + 1}/{args.rounds}]"
             once = [flag for flag in passed if not flag.startswith("--profile")]  # a trace is taken once
-            rounds.append(run_rows(case, workload, frameworks, once if round_index else passed, args, tag))
+            rounds.append(run_rows(case, frameworks, once if round_index else passed, args, tag))
         rows = [merge_rounds(list(results)) for results in zip(*rounds)]
         print_table(workload, rows, gflops, args.precision, round_ratios(rounds))
         for row in rows:

@@ -34,9 +34,7 @@ def test_rounds_alternate_the_rows_and_report_each_rounds_ratio(monkeypatch, cap
     # The machine slows down round by round; labjax stays 1.5x torch within each round, though its
     # last round is slower than torch's first: only ratios within a round say how the two compare.
     speeds = iter([100.0, 60.0, 30.0])
-    calls = []
-
-    profiled = []
+    calls, profiled, torch_rate = [], [], {}
 
     def fake_row(row, framework, extra, timeout, huge_pages="labjax"):
         calls.append(row)
@@ -44,18 +42,16 @@ def test_rounds_alternate_the_rows_and_report_each_rounds_ratio(monkeypatch, cap
         if row == "ceiling":
             return {"gflops": 100.0, "rates": {"numpy": 100.0}, "size": 2048, "device": "cpu"}
         if framework == "labjax":
-            base = next(speeds)
-            calls[-1] = (row, base)
-            return _result(1.5 * base)
-        return _result(calls[-2][1])
+            torch_rate["now"] = next(speeds)  # this round's machine speed, torch's rate
+            return _result(1.5 * torch_rate["now"])
+        return _result(torch_rate["now"])
 
     monkeypatch.setattr(speed, "run_row", fake_row)
     loads = iter([0.9, 0.5, 1.0, 2.5, 2.0, 1.5, 1.0])  # the ceiling's, then one per row as it starts
     monkeypatch.setattr(speed.os, "getloadavg", lambda: (next(loads), 0.0, 0.0))
     speed.main(["--workloads", "W2/b32", "--peers", "torch", "--rounds", "3", "--profile", "2"])
     out = capsys.readouterr().out
-    rows = [c if isinstance(c, str) else c[0] for c in calls if c != "ceiling"]
-    assert rows == ["W2/b32:labjax:step", "W2/b32:torch:eager"] * 3
+    assert [c for c in calls if c != "ceiling"] == ["W2/b32:labjax:step", "W2/b32:torch:eager"] * 3
     assert profiled[1:] == [True, True] + [False] * 4  # after the ceiling's call, first round only
     assert "[W2/b32 round 2/3] torch eager: 60.0 img/s" in out
     assert "labjax / best peer, training, round by round: 1.50x, 1.50x, 1.50x; median 1.50x" in out
