@@ -83,7 +83,7 @@ def compute_rate(k: int, steps: int) -> float:
     else:
         multi = train.make_multi_step(mesh, k, data.num_classes)
         chunks = pipeline.train_batches(data, config, 0, steps_per_chunk=k)
-        inputs = [train._chunk_to_global(chunk, k, k, mesh) for chunk in chunks if len(chunk["label"]) == k]
+        inputs = [train.chunk_to_global(chunk, k, k, mesh) for chunk in chunks if len(chunk["label"]) == k]
         empty = jax.device_put(tasks.TrainMetrics.empty(), parallel.replicated(mesh))
 
         def run(state, metrics, chunk):

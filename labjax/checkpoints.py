@@ -15,16 +15,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 
+from labjax.errors import CheckpointError
+
 FORMAT_VERSION = 1
 STATE_ITEMS = ("params", "batch_stats", "opt_state")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be restored; `other_model` when it holds another model's weights."""
-
-    def __init__(self, message: str, other_model: bool = False):
-        super().__init__(message)
-        self.other_model = other_model
 
 
 _MISMATCH = ("do not match", "not compatible with the stored shape")  # Orbax's words for a different tree

@@ -1,9 +1,9 @@
 """What launch.py does with its flags: pick the workdir, run the mode, turn errors into messages.
 
-A user's mistake (bad config value, missing file, wrong workdir) prints one clear line and
-exits with status 2; a diverged run exits 3 and an interrupted one 130, so scripts and
-sweeps can tell them apart; a sweep with failed members exits 1. LABJAX_DEBUG=1 shows full
-tracebacks.
+A user's mistake (an errors.UserError: bad config value, missing file, wrong workdir) prints
+one clear line and exits with status 2; a diverged run exits 3 and an interrupted one 130, so
+scripts and sweeps can tell them apart; a sweep with failed members exits 1. Anything else is
+a bug and keeps its traceback. LABJAX_DEBUG=1 shows full tracebacks for a user's mistakes too.
 """
 
 import os
@@ -12,15 +12,9 @@ import sys
 from pathlib import Path
 
 from labjax import config as config_lib
-
-EXIT_FAILED_MEMBERS, EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED = 1, 2, 3, 130
-
-
-def default_workdir(config_argument: str) -> Path:
-    """configs/seg_mobilenet.py:quick -> runs/seg_mobilenet_quick."""
-    path, _, arg = config_argument.partition(":")
-    name = Path(path).stem + (f"_{arg}" if arg else "")
-    return Path("runs") / re.sub(r"[^\w.=-]+", "_", name)
+from labjax import errors
+from labjax.errors import ConfigError, MissingFileError
+from labjax.workdir import EXIT_DIVERGED, EXIT_FAILED_MEMBERS, EXIT_INTERRUPTED, EXIT_USER_ERROR, default_workdir
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -36,7 +30,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     try:
         return flags.FLAGS([arg for arg in argv if arg not in overrides]) + overrides
     except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as error:
-        _fail(ValueError(describe_flag_error(str(error), argv)), EXIT_USER_ERROR)
+        _fail(ConfigError(describe_flag_error(str(error), argv)), EXIT_USER_ERROR)
 
 
 def saved_config_overrides(argv: list[str]) -> list[str]:
@@ -78,6 +72,7 @@ def enable_compilation_cache() -> None:
 
 
 def run(flags, overrides: list[str] = ()) -> None:
+    """Runs launch.py's mode; a user's mistake or a run's outcome becomes a message and an exit status."""
     from absl import logging
 
     if not flags["verbosity"].present:  # Orbax logs every file it writes at INFO
@@ -85,81 +80,9 @@ def run(flags, overrides: list[str] = ()) -> None:
     try:
         start_processes(flags)
         enable_compilation_cache()
-        try:
-            config = flags.config
-            if config is not None:
-                config.keys()  # a config file that failed to load raises here
-        except OSError as error:  # the config file could not be loaded
-            raise FileNotFoundError(" ".join(str(error).split())) from None
-        if flags.mode != "sweep" and (flags.sweep or flags["parallel"].present or flags.vectorize):
-            raise config_lib.ConfigError(
-                f"--sweep, --parallel and --vectorize need --mode=sweep (not --mode={flags.mode})."
-            )
-        if overrides and flags.mode not in ("eval", "predict"):
-            raise config_lib.ConfigError(
-                f"{overrides[0]}: --config.KEY=VALUE needs --config=FILE with --mode={flags.mode}."
-            )
-        if flags.mode in ("train", "data", "summary"):
-            if config is None:
-                raise config_lib.ConfigError(
-                    f"--config is required with --mode={flags.mode}, e.g. --config=configs/seg_mobilenet.py"
-                )
-            workdir = Path(flags.workdir) if flags.workdir else default_workdir(flags["config"].config_filename)
-            if flags.mode == "train":  # a config mistake is reported before TensorFlow and the data load
-                config_lib.validate(config)
-            # Heavy imports (TensorFlow, the models) only for the mode that needs them.
-            if flags.mode == "data":
-                from labjax import data_check
-
-                data_check.check_data(config, workdir)
-            elif flags.mode == "summary":
-                from labjax import summary
-
-                summary.summarize(config, workdir)
-            else:
-                from labjax import train
-
-                train.train_and_evaluate(config, workdir, overwrite=flags.overwrite)
-        elif flags.mode == "sweep":
-            if config is None:
-                raise config_lib.ConfigError(
-                    "--config is required with --mode=sweep, e.g. --config=configs/seg_mobilenet.py"
-                )
-            from labjax import sweep
-
-            sweep.run_sweep(
-                flags["config"].config_filename,
-                flags.workdir,
-                flags.sweep,
-                flags["config"].override_values,
-                parallel=flags.parallel,
-                overwrite=flags.overwrite,
-                vectorize=flags.vectorize,
-            )
-        elif flags.mode == "report":
-            if not flags.workdir:
-                raise config_lib.ConfigError("--workdir is required with --mode=report (a run or a sweep folder).")
-            from labjax import report
-
-            report.write_report(flags.workdir)
-        if flags.mode in ("eval", "predict"):
-            if config is not None:
-                raise config_lib.ConfigError(
-                    f"--mode={flags.mode} uses the config the run saved in its workdir; drop --config=FILE and give "
-                    "changes as --config.KEY=VALUE alone (e.g. --config.data.test_path=DIR)."
-                )
-            if not flags.workdir:
-                raise config_lib.ConfigError(f"--workdir is required with --mode={flags.mode} (the trained run).")
-        if flags.mode == "eval":
-            from labjax import evaluate
-
-            evaluate.evaluate(flags.workdir, flags.checkpoint, flags.split, overrides)
-        elif flags.mode == "predict":
-            from labjax import predict
-
-            if not flags.inputs:
-                raise config_lib.ConfigError("--inputs is required with --mode=predict: an image, a folder or a glob.")
-            predict.predict(flags.workdir, flags.inputs, flags.output, flags.checkpoint, overrides)
+        config = _loaded_config(flags)
+        _check_mode_flags(flags, config, overrides)
+        MODES[flags.mode](flags, config, overrides)
     except Exception as error:
         code = exit_code(error)
         if code is None:
@@ -167,21 +90,116 @@ def run(flags, overrides: list[str] = ()) -> None:
         _fail(error, code)
 
 
+def _loaded_config(flags):
+    try:
+        config = flags.config
+        if config is not None:
+            config.keys()  # a config file that failed to load raises here
+    except OSError as error:  # the config file could not be loaded
+        raise MissingFileError(" ".join(str(error).split())) from None
+    return config
+
+
+def _check_mode_flags(flags, config, overrides) -> None:
+    """Flags that do not go with the mode, or that it needs and lacks."""
+    mode = flags.mode
+    if mode != "sweep" and (flags.sweep or flags["parallel"].present or flags.vectorize):
+        raise ConfigError(f"--sweep, --parallel and --vectorize need --mode=sweep (not --mode={mode}).")
+    if overrides and mode not in ("eval", "predict"):
+        raise ConfigError(f"{overrides[0]}: --config.KEY=VALUE needs --config=FILE with --mode={mode}.")
+    if mode in ("train", "data", "summary", "sweep") and config is None:
+        raise ConfigError(f"--config is required with --mode={mode}, e.g. --config=configs/seg_mobilenet.py")
+    if mode == "report" and not flags.workdir:
+        raise ConfigError("--workdir is required with --mode=report (a run or a sweep folder).")
+    if mode in ("eval", "predict"):
+        if config is not None:
+            raise ConfigError(
+                f"--mode={mode} uses the config the run saved in its workdir; drop --config=FILE and give "
+                "changes as --config.KEY=VALUE alone (e.g. --config.data.test_path=DIR)."
+            )
+        if not flags.workdir:
+            raise ConfigError(f"--workdir is required with --mode={mode} (the trained run).")
+    if mode == "predict" and not flags.inputs:
+        raise ConfigError("--inputs is required with --mode=predict: an image, a folder or a glob.")
+
+
+def _workdir(flags) -> Path:
+    return Path(flags.workdir) if flags.workdir else default_workdir(flags["config"].config_filename)
+
+
+# Each mode imports what it needs (TensorFlow, the models) only when it runs.
+def _train(flags, config, overrides) -> None:
+    config_lib.validate(config)  # a config mistake is reported before TensorFlow and the data load
+    from labjax import train
+
+    train.train_and_evaluate(config, _workdir(flags), overwrite=flags.overwrite)
+
+
+def _data(flags, config, overrides) -> None:
+    from labjax import data_check
+
+    data_check.check_data(config, _workdir(flags))
+
+
+def _summary(flags, config, overrides) -> None:
+    from labjax import summary
+
+    summary.summarize(config, _workdir(flags))
+
+
+def _sweep(flags, config, overrides) -> None:
+    from labjax import sweep
+
+    sweep.run_sweep(
+        flags["config"].config_filename,
+        flags.workdir,
+        flags.sweep,
+        flags["config"].override_values,
+        parallel=flags.parallel,
+        overwrite=flags.overwrite,
+        vectorize=flags.vectorize,
+    )
+
+
+def _report(flags, config, overrides) -> None:
+    from labjax import report
+
+    report.write_report(flags.workdir)
+
+
+def _eval(flags, config, overrides) -> None:
+    from labjax import evaluate
+
+    evaluate.evaluate(flags.workdir, flags.checkpoint, flags.split, overrides)
+
+
+def _predict(flags, config, overrides) -> None:
+    from labjax import predict
+
+    predict.predict(flags.workdir, flags.inputs, flags.output, flags.checkpoint, overrides)
+
+
+MODES = {
+    "train": _train,
+    "data": _data,
+    "summary": _summary,
+    "sweep": _sweep,
+    "report": _report,
+    "eval": _eval,
+    "predict": _predict,
+}
+
+
 def exit_code(error: Exception) -> int | None:
     """The exit status of an error launch.py reports in one line; None for a bug (a traceback)."""
-    # train and sweep are imported only by the modes that use them, so only then can they raise.
-    train, sweep = sys.modules.get("labjax.train"), sys.modules.get("labjax.sweep")
-    if isinstance(error, (ValueError, FileNotFoundError)):
-        return EXIT_USER_ERROR
-    if train and isinstance(error, train.TrainingDiverged):
-        return EXIT_DIVERGED
-    if train and isinstance(error, train.TrainingInterrupted):
-        return EXIT_INTERRUPTED
-    if sweep and isinstance(error, sweep.SweepInterrupted):
-        return EXIT_INTERRUPTED
-    if sweep and isinstance(error, sweep.SweepIncomplete):
-        return EXIT_FAILED_MEMBERS
-    return None
+    codes = (
+        (errors.UserError, EXIT_USER_ERROR),
+        (errors.TrainingDiverged, EXIT_DIVERGED),
+        (errors.TrainingInterrupted, EXIT_INTERRUPTED),
+        (errors.SweepInterrupted, EXIT_INTERRUPTED),
+        (errors.SweepIncomplete, EXIT_FAILED_MEMBERS),
+    )
+    return next((code for kind, code in codes if isinstance(error, kind)), None)
 
 
 def start_processes(flags) -> None:
@@ -194,7 +212,7 @@ def start_processes(flags) -> None:
     if parallel.distributed_args(flags.coordinator, flags.num_processes, flags.process_id) is None:
         return
     if flags.mode != "train":
-        raise config_lib.ConfigError(
+        raise ConfigError(
             f"--mode={flags.mode} runs in one process: drop {parallel.DISTRIBUTED_FLAGS}, or start it as one task "
             "(srun -n 1 ...) or with --num_processes=1; only --mode=train spans several processes."
         )

@@ -6,6 +6,9 @@ import re
 import jax
 import ml_collections
 
+from labjax import optim
+from labjax.errors import ConfigError  # noqa: F401 - config_lib.ConfigError is where callers look
+
 TASKS = ("segmentation", "classification")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 
@@ -14,10 +17,6 @@ RESUMABLE_CHANGES = re.compile(
     r"^(num_epochs|num_train_steps|log_every_steps|steps_per_execution|profile_steps|eval_batch_size|checkpoint\..*"
     r"|data\.(path|test_path|cache))$"
 )
-
-
-class ConfigError(ValueError):
-    """A user's config mistake; launch.py prints it without a traceback."""
 
 
 def _check(ok: bool, key: str, value, expected: str) -> None:
@@ -192,7 +191,6 @@ def parse_arg(
 
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
     """Raises ConfigError naming the key, its value and the valid choices."""
-    from labjax import optim  # imports config: imported here to avoid a cycle
     from labjax.models import MODELS, input_rule  # models and data do not import config
 
     num_devices = num_devices or jax.device_count()

@@ -20,7 +20,7 @@ from flax import linen as nn
 
 from labjax import checkpoints as ckpt
 from labjax import config as config_lib
-from labjax import metrics, models, parallel, plots, tasks, train
+from labjax import evaluation, metrics, models, parallel, plots, tasks
 from labjax.data import pipeline
 
 NUM_SAMPLES = 6
@@ -190,7 +190,7 @@ def evaluate(
     try:
         if split not in session.data.splits:
             raise ValueError(f"--split={split!r} is unknown; available: {sorted(session.data.splits)}.")
-        eval_step = train.make_eval_step(session.mesh, session.model, session.data.num_classes)
+        eval_step = evaluation.make_eval_step(session.mesh, session.model, session.data.num_classes)
         if checkpoint == "all":
             return _evaluate_all(session, eval_step, split)
         step, variables, metadata = session.restore(checkpoint)
@@ -241,7 +241,7 @@ def evaluate_variables(session: Session, eval_step, variables: dict, split: str,
     data, config = session.data, session.config
     names = data.class_names
     binary = not session.segmentation and data.num_classes == 2
-    _, computed, predictions = train.evaluate_split(
+    _, computed, predictions = evaluation.evaluate_split(
         eval_step,
         variables,
         data,

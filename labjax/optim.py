@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from labjax import config as config_lib  # the module, not its names: config.validate imports this one
+from labjax.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adam", "adamax", "adamw", "rmsprop", "nadam")
 SCHEDULES = ("constant", "step", "multistep", "exponential", "cosine", "plateau")
@@ -68,7 +68,7 @@ def _decay_regex(decay_params: str) -> re.Pattern:
     try:
         return re.compile(pattern)
     except re.error as error:
-        raise config_lib.ConfigError(
+        raise ConfigError(
             f"config.optimizer.decay_params={decay_params!r} is invalid: {error}; expected {expected}."
         ) from None
 
@@ -164,10 +164,10 @@ def _base_optimizer(opt, learning_rate, momentum, b1, b2, eps, rho) -> optax.Gra
         return optax.rmsprop(
             learning_rate, decay=rho, eps=eps, eps_in_sqrt=False, centered=opt.centered, momentum=momentum
         )
-    raise config_lib.ConfigError(f"config.optimizer.name={opt.name!r} is unknown; expected one of {OPTIMIZERS}.")
+    raise ConfigError(f"config.optimizer.name={opt.name!r} is unknown; expected one of {OPTIMIZERS}.")
 
 
-def _injected_numbers(opt: ml_collections.ConfigDict) -> dict[str, float]:
+def injected_numbers(opt: ml_collections.ConfigDict) -> dict[str, float]:
     """The numeric hyperparameters this optimizer uses; absent ones leave their transform out.
 
     Momentum and clipping are present only when > 0 (a momentum buffer costs a copy of the
@@ -238,7 +238,7 @@ def create_optimizer(
     opt = copy.deepcopy(config.optimizer)  # the optimizer reads it when traced: later edits must not leak in
     schedule = learning_rate_schedule(opt, steps_per_epoch, total_steps)
     tx = optax.inject_hyperparams(_optimizer_factory(opt))(
-        learning_rate=schedule, lr_scale=1.0, **_injected_numbers(opt)
+        learning_rate=schedule, lr_scale=1.0, **injected_numbers(opt)
     )
     if not frozen:
         return tx
@@ -253,7 +253,7 @@ def create_optimizer(
     return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
 
 
-def _hyperparams(opt_state) -> dict:
+def injected_hyperparams(opt_state) -> dict:
     """The injected hyperparams, also inside a multi_transform (freezing)."""
     if hasattr(opt_state, "hyperparams"):
         return opt_state.hyperparams
@@ -270,7 +270,7 @@ def _replace_hyperparams(opt_state, hyperparams: dict):
 
 def current_learning_rate(opt_state) -> float:
     """The learning rate of the last update (before any, of the first): scheduled value * plateau scale."""
-    hyperparams = _hyperparams(opt_state)
+    hyperparams = injected_hyperparams(opt_state)
     return float(hyperparams["learning_rate"]) * float(hyperparams["lr_scale"])
 
 
@@ -279,7 +279,7 @@ def set_lr_scale(opt_state, scale: float):
 
     The new leaf keeps the old one's dtype and sharding, so the jitted step is not retraced.
     """
-    hyperparams = dict(_hyperparams(opt_state))
+    hyperparams = dict(injected_hyperparams(opt_state))
     old = hyperparams["lr_scale"]
     new = jnp.asarray(scale, dtype=old.dtype)
     if isinstance(old, jax.Array):
@@ -326,7 +326,7 @@ class ReduceOnPlateau:
     def update(self, metrics: dict) -> float:
         """Takes one epoch's scalars and returns the new scale of the learning rate."""
         if self.monitor not in metrics:
-            raise config_lib.ConfigError(
+            raise ConfigError(
                 f"config.optimizer.plateau.monitor={self.monitor!r} is not among this run's epoch metrics "
                 f"{sorted(metrics)}; set it to one of them."
             )
@@ -366,7 +366,7 @@ class ReduceOnPlateau:
 
 def _check(ok: bool, key: str, value, expected: str) -> None:
     if not ok:
-        raise config_lib.ConfigError(f"config.optimizer.{key}={value!r} is invalid: expected {expected}.")
+        raise ConfigError(f"config.optimizer.{key}={value!r} is invalid: expected {expected}.")
 
 
 def validate(opt: ml_collections.ConfigDict, num_epochs: int) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from labjax.config import ConfigError
+from labjax.errors import ConfigError
 
 DISTRIBUTED_FLAGS = "--coordinator=HOST:PORT --num_processes=N --process_id=I"
 

@@ -9,7 +9,6 @@ version and an overlay, plus predictions.csv. Unreadable files are reported and 
 """
 
 import csv
-import dataclasses
 import glob
 import logging
 import re
@@ -26,52 +25,13 @@ from labjax import checkpoints as ckpt
 from labjax import config as config_lib
 from labjax import evaluate, models, parallel, plots
 from labjax.data import augment, decode, pipeline
+from labjax.data.input_spec import InputSpec
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".pgm", ".ppm", ".pnm")
 TOP_K = 5
 SHEET_SIZE = 64  # images per contact sheet
 THUMBNAIL = 160  # longest side of a contact-sheet image, in pixels
 OVERLAY_ALPHA = 0.5
-
-
-@dataclasses.dataclass
-class InputSpec:
-    """How the run's model inputs were made: everything predict needs from the training data."""
-
-    class_names: list[str]
-    channels: int
-    image_size: int
-    preprocess: str
-    normalize: str
-    input_shape: tuple[int, int, int]
-    dense_labels: bool
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-
-    @classmethod
-    def from_data(cls, data: pipeline.Data, config) -> "InputSpec":
-        return cls(
-            class_names=list(data.class_names),
-            channels=data.channels,
-            image_size=config.data.image_size,
-            preprocess=config.data.preprocess,
-            normalize=data.normalize,
-            input_shape=tuple(data.input_shape),
-            dense_labels=data.context.dense_labels,
-            mean=data.context.mean,
-            std=data.context.std,
-        )
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "InputSpec":
-        values = dict(values, input_shape=tuple(values["input_shape"]))
-        for key in ("mean", "std"):
-            values[key] = None if values.get(key) is None else tuple(values[key])
-        return cls(**values)
-
-    def to_dict(self) -> dict:
-        """JSON types: what a checkpoint's metadata can hold under 'input'."""
-        return dataclasses.asdict(self)
 
 
 def find_inputs(pattern: str) -> list[Path]:

@@ -33,8 +33,9 @@ import ml_collections
 from absl import flags as absl_flags
 from ml_collections.config_flags import config_path
 
-from labjax import cli
 from labjax import config as config_lib
+from labjax import workdir as workdir_lib
+from labjax.errors import MissingFileError, SweepIncomplete, SweepInterrupted, UserError
 
 STATUSES = ("pending", "running", "finished", "diverged", "failed", "interrupted")
 DONE = ("finished", "diverged")  # a diverged member diverges again from the same start: not re-run
@@ -45,14 +46,6 @@ PARSERS = {
     int: absl_flags.IntegerParser(),
     bool: absl_flags.BooleanParser(),
 }
-
-
-class SweepInterrupted(RuntimeError):
-    """Ctrl-C or SIGTERM stopped the sweep; running members saved a checkpoint and resume next time."""
-
-
-class SweepIncomplete(RuntimeError):
-    """Some members failed (crashed, were killed or had a config error); sweep.json holds their errors."""
 
 
 @dataclasses.dataclass
@@ -66,7 +59,7 @@ class Member:
 
 def default_workdir(config_argument: str) -> Path:
     """configs/seg_mobilenet.py:smoke -> runs/seg_mobilenet_smoke_sweep."""
-    base = cli.default_workdir(config_argument)
+    base = workdir_lib.default_workdir(config_argument)
     return base.with_name(base.name + "_sweep")
 
 
@@ -74,7 +67,7 @@ def load_config_module(config_argument: str):
     """The module of `configs/NAME.py[:ARG]` and ARG (None when absent)."""
     path, _, arg = config_argument.partition(":")
     if not Path(path).is_file():
-        raise FileNotFoundError(f"--config={config_argument}: no such config file {path!r}.")
+        raise MissingFileError(f"--config={config_argument}: no such config file {path!r}.")
     spec = importlib.util.spec_from_file_location(f"labjax_sweep_config_{Path(path).stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -306,9 +299,9 @@ def outcome(returncode: int, lines) -> tuple[str, str | None]:
     lines = list(lines)
     if returncode == 0:
         return "finished", None
-    if returncode == cli.EXIT_DIVERGED:
+    if returncode == workdir_lib.EXIT_DIVERGED:
         return "diverged", _error_line(lines) or "diverged"
-    if returncode in (cli.EXIT_INTERRUPTED, -signal.SIGINT, -signal.SIGTERM):
+    if returncode in (workdir_lib.EXIT_INTERRUPTED, -signal.SIGINT, -signal.SIGTERM):
         return "interrupted", _error_line(lines) or "interrupted"
     tail = "\n".join(lines[-15:])
     if returncode < 0:
@@ -501,7 +494,7 @@ def _run_in_process(todo, record, workdir, overwrite) -> bool:
             return False
         except Exception as error:  # noqa: BLE001 - a crashing member is recorded and the sweep goes on
             tail = "".join(traceback.format_exc().splitlines(keepends=True)[-15:])
-            message = str(error) if isinstance(error, ValueError | FileNotFoundError) else tail
+            message = str(error) if isinstance(error, UserError) else tail
             _record(record, entry, "failed", message.strip(), started)
     return True
 

@@ -5,12 +5,8 @@ reduces gradients and BatchNorm statistics over the whole global batch, so a run
 same result on 1 or N devices.
 """
 
+import dataclasses
 import functools
-import json
-import resource
-import shutil
-import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -22,25 +18,15 @@ import numpy as np
 from clu import parameter_overview
 from flax import struct
 from flax.training import train_state
-from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 from labjax import checkpoints as ckpt
 from labjax import config as config_lib
-from labjax import models, optim, parallel, plots, profiling, tasks
+from labjax import evaluation, models, optim, parallel, profiling, tasks
+from labjax import workdir as workdir_lib
+from labjax.errors import ConfigError, TrainingDiverged, TrainingInterrupted  # noqa: F401 - callers catch train.X
+from labjax.run_record import RunRecord, StopRequests
 from labjax.weights import pretrained
-
-OWN_FILES = (
-    "checkpoints",
-    "tensorboard",
-    "plots",
-    "eval",
-    "predict",
-    "data",
-    "metrics.jsonl",
-    "status.json",
-    "config.json",
-)
 
 
 class TrainState(train_state.TrainState):
@@ -48,14 +34,6 @@ class TrainState(train_state.TrainState):
     rng: jax.Array  # dropout key; each step folds in its step number, so nothing to save
     # Module paths (model.freeze) the optimizer leaves alone; the step also takes no gradient through them.
     frozen: frozenset = struct.field(pytree_node=False, default=frozenset())
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; status.json says 'diverged'."""
-
-
-class TrainingInterrupted(RuntimeError):
-    """SIGINT/SIGTERM (or a test's stop_after_step): a checkpoint was saved first."""
 
 
 def create_train_state(
@@ -236,7 +214,7 @@ def _chunk_sharded(mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(None, "data"))
 
 
-def _chunk_to_global(chunk: dict[str, np.ndarray], count: int, steps: int, mesh) -> dict[str, jax.Array]:
+def chunk_to_global(chunk: dict[str, np.ndarray], count: int, steps: int, mesh) -> dict[str, jax.Array]:
     """The first `count` batches of this process's chunk (m, B, ...) as global arrays of `steps` batches;
     zeros pad a short chunk (the padding is never trained on)."""
     sharding = _chunk_sharded(mesh)
@@ -250,77 +228,12 @@ def _chunk_to_global(chunk: dict[str, np.ndarray], count: int, steps: int, mesh)
     return placed
 
 
-def make_eval_step(mesh, model, num_classes: int):
-    """The jitted evaluation step of eval_step_fn over a padded batch, sharded over 'data'.
-
-    Metrics come back replicated, so every process can read them; outputs stay sharded.
-    """
-    replicated, sharded = parallel.replicated(mesh), parallel.batch_sharded(mesh)
-    return jax.jit(
-        eval_step_fn(model, num_classes), in_shardings=(replicated, sharded), out_shardings=(replicated, sharded)
-    )
-
-
-def eval_step_fn(model, num_classes: int):
-    """The pure evaluation step over a padded batch; returns (EvalMetrics, outputs).
-
-    outputs: 'prediction' (arg-max class ids), 'label' and 'valid' as given, and for
-    classification 'probability' (softmax, (B, classes)), which ROC AUC needs per example.
-    """
-
-    def eval_step(variables: dict, batch: dict):
-        logits = model.apply(variables, batch["image"], train=False)
-        mask = tasks.label_mask(batch["label"], batch["valid"], num_classes)
-        metrics = tasks.EvalMetrics.single_from_model_output(
-            loss=tasks.per_label_loss(logits, batch["label"], mask),
-            logits=logits,
-            labels=batch["label"],
-            mask=mask,
-        )
-        outputs = {"prediction": jnp.argmax(logits, -1), "label": batch["label"], "valid": batch["valid"]}
-        if logits.ndim == 2:
-            outputs["probability"] = jax.nn.softmax(logits.astype(jnp.float32), -1)
-        return metrics, outputs
-
-    return eval_step
-
-
-def evaluate_split(
-    eval_step, variables, data, split: str, config, mesh, keep_predictions: int = 0, keep_scores: bool = False
-):
-    """Exact metrics over a whole split, and the first `keep_predictions` predictions.
-
-    With `keep_scores` (classification), `computed` also holds every real example's class
-    probabilities and label ('probabilities', 'labels', in split order) for ROC AUC.
-    """
-    from labjax.data import pipeline  # TensorFlow loads where data is read, not where a step is built
-
-    collected, predictions, scores, labels = None, [], [], []
-    batches = pipeline.eval_batches(data, split, config, None, jax.process_index(), jax.process_count())
-    for batch in batches:
-        metrics, outputs = eval_step(variables, parallel.to_global(batch, mesh))
-        collected = metrics if collected is None else collected.merge(metrics)
-        if sum(len(p) for p in predictions) < keep_predictions:
-            predictions.append(multihost_utils.process_allgather(outputs["prediction"], tiled=True))
-        if keep_scores:
-            host = multihost_utils.process_allgather(
-                {k: outputs[k] for k in ("probability", "label", "valid")}, tiled=True
-            )
-            scores.append(host["probability"][host["valid"]])
-            labels.append(host["label"][host["valid"]])
-    computed = jax.device_get(collected.compute())
-    if keep_scores:
-        computed["probabilities"], computed["labels"] = np.concatenate(scores), np.concatenate(labels)
-    preds = np.concatenate(predictions)[:keep_predictions] if predictions else None
-    return tasks.eval_summary(config.task, computed), computed, preds
-
-
 def check_input_fits_model(config, input_shape: tuple[int, int, int]) -> None:
     """The model's smallest input and size divisor, checked on the real input after preprocessing."""
     smallest, divisor = models.input_rule(config.model)
     height, width = input_shape[:2]
     if min(height, width) < smallest or height % divisor or width % divisor:
-        raise config_lib.ConfigError(
+        raise ConfigError(
             f"the model input is {height}x{width} (config.data.image_size={config.data.image_size}, "
             f"config.data.preprocess={config.data.preprocess!r}), but model {config.model.name!r} needs sides of at "
             f"least {smallest} that are multiples of {divisor}; resize with data.image_size or a resize op."
@@ -358,124 +271,156 @@ class Progress:
         )
 
 
-class _StopRequests:
-    """Turns SIGINT/SIGTERM into a flag the loop checks after each step."""
+@dataclasses.dataclass
+class _Steps:
+    """The compiled steps of a run and how many train steps one dispatch runs."""
 
-    def __init__(self):
-        self.signal = None
-        self.previous = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():  # signals need the main thread
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self.previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.signal = signal.Signals(signum).name
-
-    def __exit__(self, *exc):
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
+    train_step: Any
+    multi_step: Any  # None when steps_per_execution is 1
+    eval_step: Any
+    per_dispatch: int
+    no_metrics: Any = None  # an epoch's start for multi_step, placed as its outputs are
 
 
-def check_workdir(config, workdir: Path, overwrite: bool) -> bool:
-    """Whether the workdir holds checkpoints to resume; refuses a different run in it (lists differing keys).
-
-    Reads only: nothing is written or deleted until the run is known to start (claim_workdir).
-    """
-    if overwrite:
-        return False
-    saved_path = workdir / "config.json"
-    saved = json.loads(saved_path.read_text()) if saved_path.exists() else _config_in_checkpoints(workdir)
-    if saved is not None:
-        differing = config_lib.differing_keys(saved, config_lib.to_dict(config))
-        if differing:
-            raise config_lib.ConfigError(
-                f"{workdir} holds a run with a different config:\n  "
-                + "\n  ".join(differing)
-                + "\nUse a new --workdir, or --overwrite to delete that run and start again."
-            )
-    checkpoints = workdir / "checkpoints"
-    return checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())
+def _make_steps(config, data, model, mesh) -> _Steps:
+    options = {
+        "label_smoothing": config.label_smoothing,
+        "penalty": l2_penalty(config.optimizer),
+        "compute_dtype": config.compute_dtype,
+    }
+    train_step = make_train_step(mesh, data.num_classes, data.class_weights, **options)
+    eval_step = evaluation.make_eval_step(mesh, model, data.num_classes)
+    per_dispatch = config.steps_per_execution
+    if per_dispatch == 1:
+        return _Steps(train_step, None, eval_step, 1)
+    multi_step = make_multi_step(mesh, per_dispatch, data.num_classes, data.class_weights, **options)
+    # An input typed otherwise than the step's outputs would compile again.
+    no_metrics = jax.device_put(tasks.TrainMetrics.empty(), parallel.replicated(mesh))
+    return _Steps(train_step, multi_step, eval_step, per_dispatch, no_metrics)
 
 
-def claim_workdir(config, workdir: Path, overwrite: bool) -> None:
-    """Creates the workdir (deleting the old run's files with --overwrite) and writes config.json.
-
-    Process 0 alone deletes and writes; the others wait for it before they look for checkpoints.
-    """
-    if jax.process_index() == 0:
-        if overwrite:
-            for name in OWN_FILES:
-                path = workdir / name
-                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-        workdir.mkdir(parents=True, exist_ok=True)
-        ckpt.write_json(workdir / "config.json", config_lib.to_dict(config))
-    parallel.sync("claim_workdir")
+def count_params(params, frozen) -> tuple[int, int]:
+    """(all parameters, trainable ones): frozen modules' parameters are not trainable."""
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    total = sum(x.size for _, x in flat)
+    return int(total), int(total - sum(x.size for path, x in flat if module_path(path) in frozen))
 
 
-def _config_in_checkpoints(workdir: Path) -> dict | None:
-    """The config saved with the latest checkpoint, for a workdir whose config.json is gone."""
-    if not (workdir / "checkpoints").is_dir():
-        return None
-    checkpoints = ckpt.Checkpoints(workdir, read_only=True)
-    step = checkpoints.latest_step()
-    config = None if step is None else checkpoints.metadata(step)["config"]
-    checkpoints.close()
-    return config
+class _Loop:
+    """One process's training of one run: dispatches steps, times them, and asks its RunRecord what next."""
 
+    def __init__(self, config, data, mesh, steps: _Steps, record: RunRecord, stop_after_step: int | None):
+        self.config, self.data, self.mesh, self.steps, self.record = config, data, mesh, steps, record
+        self.stop_after_step = stop_after_step
+        self.progress = Progress(record.total_steps, config.batch_size)
+        self.profiler = profiling.StepProfiler(record.workdir / "profile", config.profile_steps)
+        # This session's timing (a resumed run's rate counts its own steps); the first dispatch compiles.
+        self.session_start, self.session_time = record.step, 0.0
+        self.first_step_s, self.first_steps = 0.0, 1
 
-def _write_status(workdir: Path, status: str, **fields) -> None:
-    if jax.process_index() == 0:
-        ckpt.write_json(workdir / "status.json", {"status": status, "time": time.time(), **fields})
+    def run(self, state: TrainState) -> TrainState:
+        record, next_batches = self.record, None  # the next epoch's iterator is built while this one computes
+        with StopRequests() as stop:
+            while record.step < record.total_steps and not record.stopped_early:
+                epoch = record.step // record.steps_per_epoch
+                tic = time.perf_counter()
+                batches = (
+                    self._batches(epoch, record.step % record.steps_per_epoch) if next_batches is None else next_batches
+                )
+                state, epoch_metrics, tic = self._train_epoch(state, batches, epoch, tic, stop)
+                if record.step < record.total_steps:  # tf.data's set-up of an epoch overlaps the queued steps
+                    next_batches = self._batches(epoch + 1)
+                # Computing the metrics waits for the last dispatch, so the epoch's time is its computation's.
+                train = {f"train_{k}": float(v) for k, v in epoch_metrics.compute().items()}
+                elapsed = time.perf_counter() - tic
+                record.train_time, self.session_time = record.train_time + elapsed, self.session_time + elapsed
+                self._check_finite(train["train_loss"])
+                state = self._end_epoch(state, train, epoch)
+        self.profiler.finish()
+        return state
 
+    def _batches(self, epoch: int, first_step: int = 0):
+        from labjax.data import pipeline
 
-RANK = "early_stopping_rank"  # checkpoint metric of runs with early stopping
+        process = (jax.process_index(), jax.process_count())
+        return pipeline.train_batches(
+            self.data, self.config, epoch, first_step, *process, steps_per_chunk=self.steps.per_dispatch
+        )
 
+    def _train_epoch(self, state, batches, epoch: int, tic: float, stop):
+        """Dispatches the epoch's steps; returns (state, the epoch's metrics, its start time less profiling)."""
+        record, steps, epoch_metrics = self.record, self.steps, None
+        # A dispatch never crosses the epoch's end, total_steps or stop_after_step.
+        end = min((epoch + 1) * record.steps_per_epoch, record.total_steps)
+        if self.stop_after_step is not None:
+            end = min(end, max(self.stop_after_step, record.step + 1))
+        while record.step < end:
+            count = min(steps.per_dispatch, end - record.step)
+            if steps.multi_step is None:
+                batch = parallel.to_global(next(batches), self.mesh)
+                args = (state, batch)
+                state, metrics = steps.train_step(*args)
+                epoch_metrics = metrics if epoch_metrics is None else epoch_metrics.merge(metrics)
+            else:
+                chunk = chunk_to_global(next(batches), count, steps.per_dispatch, self.mesh)
+                merged = steps.no_metrics if epoch_metrics is None else epoch_metrics
+                args = (state, merged, chunk, np.int32(count))
+                state, epoch_metrics, metrics = steps.multi_step(*args)
+            record.step += count
+            first = record.step - count == self.session_start
+            if self.profiler.pending:  # config.profile_steps; nothing is added to the loop once it is done
+                step_fn = steps.train_step if steps.multi_step is None else steps.multi_step
+                lower = functools.partial(step_fn.lower, *args)
+                # Summarising a trace takes seconds that are no training: rates and times leave them out.
+                summarising = self.profiler.after_dispatch(record.step, first, record.step >= end, state, lower)
+                tic += summarising
+                self.progress.exclude(summarising)
+            self._log(metrics, epoch, first, count)
+            if first:  # the loss above waited for it: compile + the first dispatch
+                self.first_step_s, self.first_steps = time.perf_counter() - tic, count
+            if self.stop_after_step is not None and record.step >= self.stop_after_step:
+                stop.signal = "stop_after_step"
+            if stop.signal:
+                record.train_time += time.perf_counter() - tic
+                raise TrainingInterrupted(record.interrupt(state, stop.signal))
+        return state, epoch_metrics, tic
 
-class EarlyStopping:
-    """Keras' EarlyStopping: stop when `monitor` has not improved by more than min_delta for `patience` epochs.
+    def _log(self, metrics, epoch: int, first: bool, count: int) -> None:
+        step, every = self.record.step, self.config.log_every_steps
+        if first or step // every > (step - count) // every:
+            loss = float(metrics.loss.compute())
+            self._check_finite(loss)
+            self.progress.update(step, epoch, self.record.num_epochs, loss)
 
-    Its state (best value, epoch and step, epochs waited) travels in checkpoint metadata,
-    so a resumed run stops where an uninterrupted one would.
-    """
+    def _check_finite(self, loss: float) -> None:
+        if not np.isfinite(loss):
+            raise TrainingDiverged(self.record.diverge(loss, self.record.step))
 
-    def __init__(self, cfg: ml_collections.ConfigDict):
-        self.monitor, self.mode = cfg.monitor, cfg.mode
-        self.patience, self.min_delta = cfg.patience, abs(cfg.min_delta)
-        self.best, self.best_step, self.best_epoch, self.best_scalars, self.wait = None, None, None, {}, 0
-        self.improvements = 0  # ranks checkpoints: the latest improvement is the best (min_delta included)
+    def _validate(self, variables) -> tuple[dict, dict]:
+        summary, computed, _ = evaluation.evaluate_split(
+            self.steps.eval_step, variables, self.data, "validation", self.config, self.mesh
+        )
+        return summary, computed
 
-    def update(self, scalars: dict, step: int, epoch: int) -> bool:
-        """Records an epoch's scalars; True when the monitored value improved."""
-        if self.monitor not in scalars:
-            raise config_lib.ConfigError(
-                f"config.early_stopping.monitor={self.monitor!r} is not a metric of this run; "
-                f"choose one of {sorted(k for k in scalars if k.startswith(('train_', 'val_')))}."
-            )
-        value = scalars[self.monitor]
-        if self.best is None or (
-            value < self.best - self.min_delta if self.mode == "min" else value > self.best + self.min_delta
-        ):
-            self.best, self.best_step, self.best_epoch, self.wait = value, step, epoch, 0
-            self.best_scalars = dict(scalars)
-            self.improvements += 1
-            return True
-        self.wait += 1
-        return False
+    def _end_epoch(self, state, train: dict, epoch: int) -> TrainState:
+        summary, computed = self._validate({"params": state.params, "batch_stats": state.batch_stats})
+        learning_rate = optim.current_learning_rate(state.opt_state)
+        end = self.record.end_epoch(state, train, summary, computed, learning_rate, self._validate)
+        print(
+            f"epoch {epoch + 1}/{self.record.num_epochs} done: "
+            + " ".join(f"{k} {v:.4f}" for k, v in end.scalars.items() if k.startswith(("train_", "val_")))
+            + f" lr {learning_rate:.3g}",
+            flush=True,
+        )
+        state = end.state
+        if end.lr_scale is not None:
+            state = state.replace(opt_state=optim.set_lr_scale(state.opt_state, end.lr_scale))
+        return state
 
-    @property
-    def should_stop(self) -> bool:
-        return self.wait >= self.patience
-
-    def state_dict(self) -> dict:
-        keys = ("best", "best_step", "best_epoch", "best_scalars", "wait", "improvements")
-        return {key: getattr(self, key) for key in keys}
-
-    def load_state_dict(self, values: dict) -> None:
-        for key, value in values.items():
-            setattr(self, key, value)
+    def steps_per_s(self) -> float:
+        """This session's rate after its first (compiling) dispatch."""
+        steps = self.record.step - self.session_start - self.first_steps
+        return steps / max(self.session_time - self.first_step_s, 1e-9)
 
 
 def train_and_evaluate(
@@ -489,284 +434,66 @@ def train_and_evaluate(
 
     `stop_after_step` behaves like a SIGTERM after that step (tests use it to interrupt).
     """
-    # TensorFlow (tf.data, TensorBoard) loads here, where a run reads data: building a model, its
-    # state and step (benchmarks, notebooks, the GPU image without TensorFlow) do not need it.
-    from labjax import writers
+    # TensorFlow (tf.data) loads here, where a run reads data: building a model, its state and
+    # step (benchmarks, notebooks, the GPU image without TensorFlow) do not need it.
     from labjax.data import pipeline
+    from labjax.data.input_spec import InputSpec
 
     config_lib.validate(config)
     info = models.model_info(config.model.name)
     data = pipeline.load(config, info.preprocessing)  # bad data fails here, before the workdir is touched
     check_input_fits_model(config, data.input_shape)
     workdir = Path(workdir)
-    resuming = check_workdir(config, workdir, overwrite)
+    resuming = workdir_lib.check_workdir(config, workdir, overwrite)
     mesh = parallel.make_mesh()
-    num_classes = data.num_classes
     steps_per_epoch = pipeline.steps_per_epoch(data, config.batch_size)
     total_steps = config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
-    num_epochs = -(-total_steps // steps_per_epoch)
-    model, frozen = models.build(config.model, num_classes, data.input_shape)
+    model, frozen = models.build(config.model, data.num_classes, data.input_shape)
     state = create_train_state(config, model, mesh, data.input_shape, frozen, steps_per_epoch, total_steps)
     if not resuming:  # a missing or mismatched weights file fails here, before anything is written
-        state = _starting_weights(config, info, model, state, mesh, data.input_shape)
-    claim_workdir(config, workdir, overwrite)
-
-    stopper = EarlyStopping(config.early_stopping) if config.early_stopping.patience > 0 else None
-    plateau = None
-    if config.optimizer.schedule == "plateau":
-        plateau = optim.ReduceOnPlateau(config.optimizer.plateau, config.optimizer.learning_rate)
-    checkpoints = ckpt.Checkpoints(workdir, _checkpoint_config(config))
-    start_step, train_time = 0, 0.0
-    if checkpoints.latest_step() is not None:
-        restored = checkpoints.restore(checkpoints.latest_step(), state)
-        metadata = restored["metadata"]
-        state = state.replace(
-            step=jax.device_put(np.int32(metadata["step"]), parallel.replicated(mesh)),
-            params=restored["params"],
-            batch_stats=restored["batch_stats"],
-            opt_state=restored["opt_state"],
-        )
-        start_step = metadata["step"]
-        train_time = metadata.get("train_time_s", 0.0)
-        if stopper and metadata.get("early_stopping"):
-            stopper.load_state_dict(metadata["early_stopping"])
-        if plateau and metadata.get("plateau"):
-            plateau.load_state_dict(metadata["plateau"])
-        if jax.process_index() == 0:
-            writers.truncate_after(workdir / "metrics.jsonl", start_step)
-        if metadata.get("stopped_early"):
-            print(f"{workdir}: stopped early at step {start_step}; nothing to do.", flush=True)
-            return _final_summary(workdir, mark_finished=True)
-        print(f"Resuming {workdir} from step {start_step}.", flush=True)
-    if start_step >= total_steps:
-        print(f"{workdir}: already trained to step {start_step}; nothing to do.", flush=True)
-        return _final_summary(workdir, mark_finished=True)
-
-    num_params = sum(x.size for x in jax.tree.leaves(state.params))
-    num_frozen = sum(
-        x.size for path, x in jax.tree_util.tree_flatten_with_path(state.params)[0] if _module(path) in frozen
+        state = starting_weights(config, info, model, state, mesh, data.input_shape)
+    workdir_lib.claim_workdir(config, workdir, overwrite)
+    record = RunRecord(
+        config,
+        workdir,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        class_names=data.class_names,
+        input_spec=InputSpec.from_data(data, config).to_dict(),  # predict needs no data set with it
     )
+    state, done = record.restore(state)
+    if done:
+        record.close()
+        return workdir_lib.final_summary(workdir, mark_finished=True)
+    num_params, trainable = count_params(state.params, frozen)
     print(parameter_overview.get_parameter_overview(state.params), flush=True)
     print(
-        f"{config.model.name}: {num_params:,} parameters ({num_params - num_frozen:,} trainable); "
-        f"{data.num_train()} train / "
-        f"{len(data.splits['validation'])} validation examples of {num_classes} classes, input "
+        f"{config.model.name}: {num_params:,} parameters ({trainable:,} trainable); {data.num_train()} train / "
+        f"{len(data.splits['validation'])} validation examples of {data.num_classes} classes, input "
         f"{'x'.join(map(str, data.input_shape))}; {steps_per_epoch} steps/epoch on {jax.device_count()} device(s).",
         flush=True,
     )
-    step_options = {
-        "label_smoothing": config.label_smoothing,
-        "penalty": _l2_penalty(config.optimizer),
-        "compute_dtype": config.compute_dtype,
-    }
-    train_step = make_train_step(mesh, num_classes, data.class_weights, **step_options)
-    per_dispatch, multi_step = config.steps_per_execution, None
-    if per_dispatch > 1:
-        multi_step = make_multi_step(mesh, per_dispatch, num_classes, data.class_weights, **step_options)
-        # An epoch's start, placed as the step's outputs are: an input typed otherwise would compile again.
-        no_metrics = jax.device_put(tasks.TrainMetrics.empty(), parallel.replicated(mesh))
-    eval_step = make_eval_step(mesh, model, num_classes)
-    writer = writers.create_writer(workdir, jax.process_index() == 0)
-    _write_status(workdir, "running", step=start_step)
-    progress = Progress(total_steps, config.batch_size)
-    profiler = profiling.StepProfiler(workdir / "profile", config.profile_steps)
-    earlier_rows = _init_from_rows(config.model.init_from)
-    run_facts = {"num_params": int(num_params), "trainable_params": int(num_params - num_frozen)}
-    from labjax import predict  # imports this module
-
-    input_spec = predict.InputSpec.from_data(data, config).to_dict()  # predict needs no data set with it
-
-    def save(metrics=None, **extra):
-        step = int(state.step)
-        metadata = {
-            "step": step,
-            "epoch": step / steps_per_epoch,
-            "train_time_s": train_time,
-            "config": config_lib.to_dict(config),
-            "class_names": data.class_names,
-            "input": input_spec,
-            "early_stopping": stopper.state_dict() if stopper else None,
-            "plateau": plateau.state_dict() if plateau else None,
-            **extra,
-        }
-        checkpoints.save(state, metadata, metrics)
-
-    step, summary, computed, stopped_early = start_step, None, None, False
-    session_start, session_time, first_step_s, first_steps = start_step, 0.0, 0.0, 1
-
-    def epoch_batches(epoch: int, first_step: int = 0):
-        process = (jax.process_index(), jax.process_count())
-        return pipeline.train_batches(data, config, epoch, first_step, *process, steps_per_chunk=per_dispatch)
-
-    next_batches = None  # the next epoch's iterator, built while this epoch's last steps compute
-    with _StopRequests() as stop:
-        while step < total_steps and not stopped_early:
-            epoch = step // steps_per_epoch
-            epoch_metrics, tic = None, time.perf_counter()
-            batches = epoch_batches(epoch, step % steps_per_epoch) if next_batches is None else next_batches
-            # A dispatch never crosses the epoch's end, total_steps or stop_after_step.
-            end = min((epoch + 1) * steps_per_epoch, total_steps)
-            if stop_after_step is not None:
-                end = min(end, max(stop_after_step, step + 1))
-            while step < end:
-                count = min(per_dispatch, end - step)
-                if multi_step is None:
-                    batch = parallel.to_global(next(batches), mesh)
-                    state, metrics = train_step(state, batch)
-                    epoch_metrics = metrics if epoch_metrics is None else epoch_metrics.merge(metrics)
-                else:
-                    chunk = _chunk_to_global(next(batches), count, per_dispatch, mesh)
-                    merged = no_metrics if epoch_metrics is None else epoch_metrics
-                    state, epoch_metrics, metrics = multi_step(state, merged, chunk, np.int32(count))
-                step += count
-                first = step - count == start_step
-                if profiler.pending:  # config.profile_steps; nothing is added to the loop once it is done
-                    if multi_step is None:
-                        lower = functools.partial(train_step.lower, state, batch)
-                    else:
-                        lower = functools.partial(multi_step.lower, state, merged, chunk, np.int32(count))
-                    # Summarising a trace takes seconds that are no training: rates and times leave them out.
-                    summarising = profiler.after_dispatch(step, first, step >= end, state, lower)
-                    tic += summarising
-                    progress.exclude(summarising)
-                if first or step // config.log_every_steps > (step - count) // config.log_every_steps:
-                    loss = float(metrics.loss.compute())
-                    _check_finite(loss, step, workdir)
-                    progress.update(step, epoch, num_epochs, loss)
-                if first:  # the loss above waited for it: compile + the first dispatch
-                    first_step_s, first_steps = time.perf_counter() - tic, count
-                if stop_after_step is not None and step >= stop_after_step:
-                    stop.signal = "stop_after_step"
-                if stop.signal:
-                    train_time += time.perf_counter() - tic
-                    save()
-                    _write_status(workdir, "interrupted", step=step, reason=stop.signal)
-                    raise TrainingInterrupted(
-                        f"{stop.signal}: checkpoint saved at step {step}; run the same command to resume."
-                    )
-            if step < total_steps:  # tf.data's set-up of an epoch (~0.2 s) overlaps the computations still queued
-                next_batches = epoch_batches(epoch + 1)
-            # Computing the metrics waits for the last dispatch, so the epoch's time is its computation's.
-            train = {f"train_{k}": float(v) for k, v in epoch_metrics.compute().items()}
-            elapsed = time.perf_counter() - tic
-            train_time, session_time = train_time + elapsed, session_time + elapsed
-            _check_finite(train["train_loss"], step, workdir)
-            summary, computed, _ = evaluate_split(
-                eval_step, {"params": state.params, "batch_stats": state.batch_stats}, data, "validation", config, mesh
-            )
-            scalars = {
-                "epoch": step / steps_per_epoch,
-                **train,
-                **{f"val_{k}": v for k, v in summary.items()},
-                "learning_rate": optim.current_learning_rate(state.opt_state),
-                "training_time_s": train_time,
-            }
-            writer.write_scalars(step, scalars)
-            writer.flush()
-            print(
-                f"epoch {epoch + 1}/{num_epochs} done: "
-                + " ".join(f"{k} {v:.4f}" for k, v in scalars.items() if k.startswith(("train_", "val_")))
-                + f" lr {scalars['learning_rate']:.3g}",
-                flush=True,
-            )
-            if plateau:  # the next epoch's rate; the one logged above is the rate this epoch used
-                state = state.replace(opt_state=optim.set_lr_scale(state.opt_state, plateau.update(scalars)))
-            improved = stopper.update(scalars, step, epoch + 1) if stopper else False
-            stopped_early = bool(stopper and stopper.should_stop and step < total_steps)
-            last = step >= total_steps or stopped_early
-            metrics = {k: v for k, v in scalars.items() if k.startswith(("train_", "val_"))}
-            if stopper:
-                metrics[RANK] = float(stopper.improvements if improved else -1)
-            if last and stopper and config.early_stopping.restore_best and stopper.best_step != step:
-                # The run ends with the best epoch's weights: the final checkpoint holds them.
-                best = checkpoints.restore(stopper.best_step, state, items=("params", "batch_stats"))
-                state = state.replace(params=best["params"], batch_stats=best["batch_stats"])
-                metrics = {k: v for k, v in stopper.best_scalars.items() if k.startswith(("train_", "val_"))}
-                metrics[RANK] = float(stopper.improvements)
-                summary, computed, _ = evaluate_split(
-                    eval_step,
-                    {"params": state.params, "batch_stats": state.batch_stats},
-                    data,
-                    "validation",
-                    config,
-                    mesh,
-                )
-                print(f"Restored the weights of epoch {stopper.best_epoch} (best {stopper.monitor}).", flush=True)
-                save(metrics, stopped_early=stopped_early, restored_best_step=stopper.best_step)
-            elif last or improved or (step // steps_per_epoch) % config.checkpoint.every_epochs == 0:
-                save(metrics, stopped_early=stopped_early)
-            if stopped_early:
-                print(f"Early stopping: no {stopper.monitor} improvement in {stopper.patience} epochs.", flush=True)
-            if jax.process_index() == 0:
-                plots.plot_curves(writers.read_rows(workdir / "metrics.jsonl"), workdir / "plots", earlier_rows)
-    profiler.finish()
-    writer.close()
-    best = checkpoints.best_step()
-    checkpoints.close()
-    stopping = {}
-    if stopper:
-        stopping = {"stopped_early": stopped_early, "stopped_epoch": step // steps_per_epoch if stopped_early else None}
-        stopping.update(best_epoch=stopper.best_epoch, best_value=stopper.best, monitor=stopper.monitor)
-    _write_status(
-        workdir,
-        "finished",
-        step=step,
-        epochs=-(-step // steps_per_epoch),
-        train_time_s=train_time,
-        steps_per_s=(step - session_start - first_steps) / max(session_time - first_step_s, 1e-9),
-        peak_memory_mb=_peak_memory_mb(),
-        best_step=best,
-        final={f"val_{k}": v for k, v in summary.items()},
-        class_names=data.class_names,
-        confusion_matrix=np.asarray(computed["confusion"]).tolist(),
-        **run_facts,
-        **stopping,
-    )
-    print(f"Finished in {_format_time(train_time)} of training; workdir {workdir}.", flush=True)
-    return summary
+    record.write_status("running", step=record.step)
+    loop = _Loop(config, data, mesh, _make_steps(config, data, model, mesh), record, stop_after_step)
+    try:
+        loop.run(state)
+    except BaseException:
+        record.close()  # waits for a checkpoint being written
+        raise
+    record.finish(loop.steps_per_s(), num_params=num_params, trainable_params=trainable)
+    print(f"Finished in {_format_time(record.train_time)} of training; workdir {workdir}.", flush=True)
+    return dict(record.summary)
 
 
-def _l2_penalty(opt):
+def l2_penalty(opt):
     """The L2 term for the objective when weight decay means l2 (else None: nothing added)."""
     if opt.weight_decay > 0 and optim.weight_decay_type(opt) == "l2":
         return functools.partial(optim.l2_penalty, opt=opt)
     return None
 
 
-def _checkpoint_config(config) -> ml_collections.ConfigDict:
-    """With early stopping, 'best' means the early-stopping best: that checkpoint is kept for restoring.
-
-    Its rank (the count of improvements so far; -1 for an epoch without one) rather than the raw
-    monitored value decides, because min_delta can make a slightly better value no improvement.
-    """
-    cfg = ml_collections.ConfigDict(config.checkpoint.to_dict())
-    if config.early_stopping.patience > 0:
-        cfg.best_metric, cfg.best_mode = RANK, "max"
-    return cfg
-
-
-def _init_from_rows(init_from: str) -> list[dict]:
-    """The per-epoch metrics of the run this one fine-tunes (plotted before its own)."""
-    from labjax import writers
-
-    if not init_from:
-        return []
-    location = Path(init_from).expanduser()
-    if location.parent.name == "checkpoints" and location.name.isdigit():
-        rows = writers.read_rows(location.parent.parent / "metrics.jsonl")
-        return [row for row in rows if row.get("step", 0) <= int(location.name)]
-    return writers.read_rows(location / "metrics.jsonl")
-
-
-def _peak_memory_mb() -> float:
-    """Peak accelerator memory where the device reports it (GPU), else the process's peak resident memory."""
-    stats = jax.local_devices()[0].memory_stats() or {}
-    if "peak_bytes_in_use" in stats:
-        return stats["peak_bytes_in_use"] / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def _module(path) -> tuple[str, ...]:
+def module_path(path) -> tuple[str, ...]:
+    """The module of a parameter's tree path (its keys without the parameter's own name)."""
     return tuple(p.key for p in path[:-1])
 
 
@@ -781,11 +508,11 @@ def _without_frozen_gradients(params, frozen: frozenset):
     if not frozen:
         return params
     return jax.tree_util.tree_map_with_path(
-        lambda path, x: jax.lax.stop_gradient(x) if _module(path) in frozen else x, params
+        lambda path, x: jax.lax.stop_gradient(x) if module_path(path) in frozen else x, params
     )
 
 
-def _starting_weights(config, info, model, state: TrainState, mesh, input_shape) -> TrainState:
+def starting_weights(config, info, model, state: TrainState, mesh, input_shape) -> TrainState:
     """A new run starts from model.init_from (another run), else model.pretrained (Keras), else scratch."""
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     host = jax.device_get(variables)
@@ -803,21 +530,3 @@ def _starting_weights(config, info, model, state: TrainState, mesh, input_shape)
         return state
     placed = jax.device_put(host, parallel.replicated(mesh))
     return state.replace(params=placed["params"], batch_stats=placed["batch_stats"])
-
-
-def _check_finite(loss: float, step: int, workdir: Path) -> None:
-    if not np.isfinite(loss):
-        _write_status(workdir, "diverged", step=step, loss=str(loss))
-        raise TrainingDiverged(
-            f"the training loss is {loss} at step {step}: the run diverged (try a lower "
-            "config.optimizer.learning_rate). Checkpoints of earlier epochs are kept."
-        )
-
-
-def _final_summary(workdir: Path, mark_finished: bool = False) -> dict:
-    """The finished run's validation summary; `mark_finished` repairs a status left 'interrupted'
-    by a stop that came after the last checkpoint was written."""
-    status = json.loads((workdir / "status.json").read_text()) if (workdir / "status.json").exists() else {}
-    if mark_finished and status.get("status") != "finished":
-        _write_status(workdir, "finished", **{k: v for k, v in status.items() if k not in ("status", "time")})
-    return {k.removeprefix("val_"): v for k, v in status.get("final", {}).items()}

@@ -22,6 +22,7 @@ traced rate cannot do. An interrupted group restarts its unfinished members from
 """
 
 import dataclasses
+import functools
 import json
 import time
 import traceback
@@ -33,10 +34,13 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from labjax import checkpoints as ckpt
 from labjax import config as config_lib
-from labjax import models, optim, parallel, plots, tasks, train, writers
+from labjax import evaluation, models, optim, parallel, tasks, train
+from labjax import workdir as workdir_lib
 from labjax.data import pipeline
+from labjax.data.input_spec import InputSpec
+from labjax.errors import ConfigError, TrainingInterrupted, UserError
+from labjax.run_record import RunRecord, StopRequests
 
 # Keys whose values may differ inside a group: numbers that can be arrays.
 VECTOR_KEYS = (
@@ -57,7 +61,7 @@ STREAM_KEYS = ("seed", "data.fold")  # what decides the data a member sees
 def structure_key(config: ml_collections.ConfigDict) -> str:
     """Everything that shapes the compiled program: the config without VECTOR_KEYS' values.
 
-    Momentum is present in the optimizer state only when > 0 (optim._injected_numbers), so
+    Momentum is present in the optimizer state only when > 0 (optim.injected_numbers), so
     0 and > 0 are different structures.
     """
     flat = config_lib.flatten(config_lib.to_dict(config))
@@ -101,7 +105,7 @@ class _Stream:
 
 
 class _Member:
-    """One member's host side: its workdir, writers, checkpoints, early stopping and plateau."""
+    """One member of a group: its data stream, its status, and the RunRecord that owns its run folder."""
 
     def __init__(self, name: str, config, workdir: Path, stream: int, streams: list[_Stream]):
         self.name, self.config, self.workdir, self.stream = name, config, workdir, stream
@@ -109,53 +113,37 @@ class _Member:
         self.data, self.steps_per_epoch = data, streams[stream].steps_per_epoch
         steps = config.num_train_steps
         self.total_steps = steps if steps > 0 else config.num_epochs * self.steps_per_epoch
-        self.num_epochs = -(-self.total_steps // self.steps_per_epoch)
-        self.stopper = train.EarlyStopping(config.early_stopping) if config.early_stopping.patience > 0 else None
-        self.plateau = None
-        if config.optimizer.schedule == "plateau":
-            self.plateau = optim.ReduceOnPlateau(config.optimizer.plateau, config.optimizer.learning_rate)
-        self.step, self.status, self.error, self.stopped_early = 0, "running", None, False
-        self.summary, self.computed, self.checkpoints, self.writer = None, None, None, None
+        self.status, self.error = "running", None
+        self.record: RunRecord | None = None
 
     @property
     def active(self) -> bool:
         return self.status == "running"
 
+    @property
+    def step(self) -> int:
+        return self.record.step
+
     def open(self) -> None:
-        train.claim_workdir(self.config, self.workdir, overwrite=True)
-        self.checkpoints = ckpt.Checkpoints(self.workdir, train._checkpoint_config(self.config))
-        self.writer = writers.create_writer(self.workdir, jax.process_index() == 0)
-        train._write_status(self.workdir, "running", step=0)
+        workdir_lib.claim_workdir(self.config, self.workdir, overwrite=True)
+        self.record = RunRecord(
+            self.config,
+            self.workdir,
+            steps_per_epoch=self.steps_per_epoch,
+            total_steps=self.total_steps,
+            class_names=self.data.class_names,
+            input_spec=InputSpec.from_data(self.data, self.config).to_dict(),
+            plot_each_epoch=False,  # drawn once, at the member's end
+        )
+        self.record.write_status("running", step=0)
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            self.checkpoints.close()
-            self.writer = None
-        if jax.process_index() == 0 and (self.workdir / "metrics.jsonl").exists():
-            plots.plot_curves(writers.read_rows(self.workdir / "metrics.jsonl"), self.workdir / "plots")
-
-    def save(self, state, metrics: dict, train_time: float, **extra) -> None:
-        """A checkpoint of this member's own (unstacked) state, with the metadata train_and_evaluate writes."""
-        metadata = {
-            "step": self.step,
-            "epoch": self.step / self.steps_per_epoch,
-            "train_time_s": train_time,
-            "config": config_lib.to_dict(self.config),
-            "class_names": self.data.class_names,
-            "early_stopping": self.stopper.state_dict() if self.stopper else None,
-            "plateau": self.plateau.state_dict() if self.plateau else None,
-            **extra,
-        }
-        self.checkpoints.save(state, metadata, metrics)
+        if self.record is not None:
+            self.record.close()
 
     def diverge(self, loss: str) -> None:
         self.status = "diverged"
-        self.error = (
-            f"the training loss is {loss} at step {self.step}: the run diverged (try a lower "
-            "config.optimizer.learning_rate). Checkpoints of earlier epochs are kept."
-        )
-        train._write_status(self.workdir, "diverged", step=self.step, loss=loss)
+        self.error = self.record.diverge(loss, self.step)
         print(f"[vectorize] {self.name}: diverged at step {self.step}; frozen, the others go on.", flush=True)
 
 
@@ -178,9 +166,9 @@ def _initial_state(members: list[_Member], model, frozen, mesh, input_shape, inf
         states = []
         for member in members:
             state = train.create_train_state(member.config, model, mesh, input_shape, frozen, spe, member.total_steps)
-            states.append(train._starting_weights(member.config, info, model, state, mesh, input_shape))
+            states.append(train.starting_weights(member.config, info, model, state, mesh, input_shape))
         return jax.device_put(_stack([s.replace(tx=states[0].tx) for s in states]), parallel.replicated(mesh))
-    names = ["learning_rate", *optim._injected_numbers(first.optimizer)]
+    names = ["learning_rate", *optim.injected_numbers(first.optimizer)]
     numbers = {key: np.array([m.config.optimizer[key] for m in members], np.float32) for key in names}
     seeds = np.array([m.config.seed for m in members], np.int32)
 
@@ -283,9 +271,32 @@ def train_group(names: list[str], configs: list, workdirs: list[Path], *, stop_a
     """
     for config in configs:
         config_lib.validate(config)
-    first = configs[0]
-    info = models.model_info(first.model.name)
-    mesh = parallel.make_mesh()
+    info = models.model_info(configs[0].model.name)
+    streams, members = _load_streams(names, configs, workdirs, info)
+    group = _Group(members, streams, info)
+    for member in members:
+        member.open()
+    print(
+        f"[vectorize] {len(members)} members in one program ({len(streams)} data stream(s)): "
+        + ", ".join(m.name for m in members),
+        flush=True,
+    )
+    try:
+        group.run(stop_after_step)
+    except TrainingInterrupted:
+        for member in members:
+            if member.active:
+                member.status, member.error = "interrupted", "interrupted; restarts from scratch with --vectorize"
+                member.record.write_status("interrupted", step=member.step, reason="vectorized group stopped")
+        raise
+    finally:
+        for member in members:
+            member.close()
+    return {m.name: (m.status, m.error) for m in members}
+
+
+def _load_streams(names, configs, workdirs, info) -> tuple[list[_Stream], list[_Member]]:
+    """The data of each (seed, fold) once, and the members reading it; refuses members that cannot share."""
     streams, stream_of = [], {}
     for config in configs:
         key = _stream_key(config)
@@ -295,38 +306,143 @@ def train_group(names: list[str], configs: list, workdirs: list[Path], *, stop_a
             stream_of[key] = len(streams)
             streams.append(_Stream(config, data, pipeline.steps_per_epoch(data, config.batch_size)))
     members = [
-        _Member(
-            name,
-            config,
-            Path(workdir),
-            stream_of[_stream_key(config)],
-            streams,
-        )
+        _Member(name, config, Path(workdir), stream_of[_stream_key(config)], streams)
         for name, config, workdir in zip(names, configs, workdirs)
     ]
-    data0 = streams[0].data
+    data0, first = streams[0].data, configs[0]
     if any(s.data.num_classes != data0.num_classes or s.data.input_shape != data0.input_shape for s in streams):
-        raise config_lib.ConfigError(
+        raise ConfigError(
             f"vectorized members {names} see data of different classes or input shapes; run them without --vectorize."
         )
     schedule_counts_steps = first.optimizer.schedule not in ("constant", "plateau") or first.optimizer.warmup_epochs
     if schedule_counts_steps and len({(m.steps_per_epoch, m.total_steps) for m in members}) > 1:
-        raise config_lib.ConfigError(
+        raise ConfigError(
             f"vectorized members {names} have different steps per epoch (folds of unequal size) and "
             f"optimizer.schedule={first.optimizer.schedule!r} (or warmup) counts steps per epoch; use a constant "
             "or plateau schedule without warmup, or run them without --vectorize."
         )
-    model, frozen = models.build(first.model, data0.num_classes, data0.input_shape)
-    state = _initial_state(members, model, frozen, mesh, data0.input_shape, info)
-    params = _member(state.params, 0)
-    num_params = sum(x.size for x in jax.tree.leaves(params))
-    flat_params = jax.tree_util.tree_flatten_with_path(params)[0]
-    num_frozen = sum(x.size for path, x in flat_params if train._module(path) in frozen)
-    facts = {"num_params": int(num_params), "trainable_params": int(num_params - num_frozen), "group": len(configs)}
-    for member in members:
-        member.open()
+    return streams, members
 
-    stacked = len(streams) > 1
+
+class _Group:
+    """The device side of a group: the stacked state, the vmapped steps, and the epochs' loop."""
+
+    def __init__(self, members: list[_Member], streams: list[_Stream], info):
+        self.members, self.streams, self.mesh = members, streams, parallel.make_mesh()
+        first, data0 = members[0].config, streams[0].data
+        model, frozen = models.build(first.model, data0.num_classes, data0.input_shape)
+        self.state = _initial_state(members, model, frozen, self.mesh, data0.input_shape, info)
+        num_params, trainable = train.count_params(_member(self.state.params, 0), frozen)
+        self.facts = {"num_params": num_params, "trainable_params": trainable, "vectorized_group": len(members)}
+        self.stacked = len(streams) > 1
+        self.numbers, vary_smoothing = _member_numbers(members, streams, self.mesh)
+        self.train_step = _make_group_step(
+            first,
+            data0.num_classes,
+            frozen,
+            members[0].steps_per_epoch,
+            members[0].total_steps,
+            self.mesh,
+            self.stacked,
+            vary_smoothing,
+        )
+        eval_fn = evaluation.eval_step_fn(model, data0.num_classes)
+        self.eval_step = jax.jit(jax.vmap(eval_fn, in_axes=(0, 0 if self.stacked else None)))
+        self.single_eval = evaluation.make_eval_step(self.mesh, model, data0.num_classes)
+        self.alive = jnp.ones(len(members), bool)
+        self.train_time, self.compiled_at = 0.0, None
+
+    def run(self, stop_after_step: int | None) -> None:
+        members, epoch, started = self.members, 0, time.perf_counter()
+        with StopRequests() as stop:
+            while any(m.active for m in members):
+                tic = time.perf_counter()
+                epoch_metrics = self._train_epoch(epoch, started, stop, stop_after_step)
+                self.train_time += time.perf_counter() - tic
+                _check_alive(members, self.alive)
+                computed = _evaluate(self.eval_step, self.state, self.streams, members, self.mesh, self.stacked)
+                self._end_epoch(epoch_metrics, computed)
+                epoch += 1
+
+    def _train_epoch(self, epoch: int, started: float, stop, stop_after_step: int | None):
+        """One epoch of every active member; returns the members' stacked metric sums."""
+        members, streams, process = self.members, self.streams, (jax.process_index(), jax.process_count())
+        iterators = [pipeline.train_batches(s.data, s.config, epoch, 0, *process) for s in streams]
+        longest = max(m.steps_per_epoch for m in members if m.active)
+        epoch_metrics, last_batches = None, [None] * len(streams)
+        for position in range(longest):
+            active = [m.active and position < m.steps_per_epoch and m.step < m.total_steps for m in members]
+            if not any(active):
+                break
+            for index, (iterator, s) in enumerate(zip(iterators, streams)):
+                if position < s.steps_per_epoch:
+                    last_batches[index] = next(iterator)
+            batch = _global(_member_batch(last_batches, members, self.stacked), self.mesh, self.stacked)
+            if epoch_metrics is None:
+                epoch_metrics = _zero_metrics(len(members), self.mesh)
+            self.state, epoch_metrics, self.alive = self.train_step(
+                self.state, epoch_metrics, batch, self.numbers, np.array(active), self.alive
+            )
+            for member, on in zip(members, active):
+                member.record.step += on
+            if self.compiled_at is None:
+                jax.block_until_ready(self.alive)
+                self.compiled_at = time.perf_counter() - started
+                print(f"[vectorize] compiled and ran the first step in {self.compiled_at:.1f}s", flush=True)
+            if (position + 1) % members[0].config.log_every_steps == 0:
+                _check_alive(members, self.alive)
+            if stop_after_step is not None and max(m.step for m in members) >= stop_after_step:
+                stop.signal = "stop_after_step"
+            if stop.signal:
+                raise TrainingInterrupted(
+                    f"{stop.signal}: the vectorized group {[m.name for m in members]} stopped at step "
+                    f"{max(m.step for m in members)}; the same command restarts its unfinished members."
+                )
+        return epoch_metrics
+
+    def _end_epoch(self, epoch_metrics, computed: list[dict | None]) -> None:
+        """Each active member's epoch end, by its RunRecord: metrics, plateau, early stopping, checkpoints."""
+        steps_per_s = _rate(self.members, self.train_time, self.compiled_at)
+        host_metrics = jax.device_get(epoch_metrics)
+        hyperparams = jax.device_get(optim.injected_hyperparams(self.state.opt_state))
+        scales = np.asarray(hyperparams["lr_scale"]).copy()
+        for index, member in enumerate(self.members):
+            if not member.active:
+                continue
+            record = member.record
+            record.train_time = self.train_time  # the group's: its members trained together
+            train_scalars = {f"train_{k}": float(v) for k, v in _member(host_metrics, index).compute().items()}
+            if not np.isfinite(train_scalars["train_loss"]):
+                member.diverge(str(train_scalars["train_loss"]))
+                continue
+            summary = tasks.eval_summary(member.config.task, jax.device_get(computed[index]))
+            learning_rate = float(hyperparams["learning_rate"][index]) * float(hyperparams["lr_scale"][index])
+            end = record.end_epoch(
+                _member(self.state, index),
+                train_scalars,
+                summary,
+                computed[index],
+                learning_rate,
+                functools.partial(self._validate, member),
+            )
+            if end.lr_scale is not None:
+                scales[index] = end.lr_scale
+            if end.last:
+                member.status = "finished"
+                record.finish(steps_per_s, **self.facts)
+        if any(m.record.plateau for m in self.members):
+            self.state = self.state.replace(opt_state=optim.set_lr_scale(self.state.opt_state, scales))
+
+    def _validate(self, member: _Member, variables) -> tuple[dict, dict]:
+        """One member's own weights on its validation split (the best epoch's, restored at its end)."""
+        summary, computed, _ = evaluation.evaluate_split(
+            self.single_eval, variables, member.data, "validation", member.config, self.mesh
+        )
+        return summary, computed
+
+
+def _member_numbers(members: list[_Member], streams: list[_Stream], mesh) -> tuple[dict, bool]:
+    """The per-member numbers the step takes as arrays, placed once; whether label smoothing varies."""
     weights = [streams[m.stream].data.class_weights for m in members]
     numbers = {
         "learning_rate": np.array([m.config.optimizer.learning_rate for m in members], np.float32),
@@ -336,80 +452,7 @@ def train_group(names: list[str], configs: list, workdirs: list[Path], *, stop_a
     if weights[0] is not None:
         numbers["class_weights"] = np.stack(weights).astype(np.float32)
     vary_smoothing = len(set(numbers["label_smoothing"].tolist())) > 1
-    numbers = jax.device_put(numbers, parallel.replicated(mesh))  # once, not with every step
-    train_step = _make_group_step(
-        first,
-        data0.num_classes,
-        frozen,
-        members[0].steps_per_epoch,
-        members[0].total_steps,
-        mesh,
-        stacked,
-        vary_smoothing,
-    )
-    eval_step = jax.jit(jax.vmap(train.eval_step_fn(model, data0.num_classes), in_axes=(0, 0 if stacked else None)))
-    single_eval = train.make_eval_step(mesh, model, data0.num_classes)
-    alive = jnp.ones(len(members), bool)
-    print(
-        f"[vectorize] {len(members)} members in one program ({len(streams)} data stream(s)): "
-        + ", ".join(m.name for m in members),
-        flush=True,
-    )
-    train_time, started = 0.0, time.perf_counter()
-    compiled_at = None
-    process = (jax.process_index(), jax.process_count())
-    try:
-        with train._StopRequests() as stop:
-            epoch = 0
-            while any(m.active for m in members):
-                tic = time.perf_counter()
-                iterators = [pipeline.train_batches(s.data, s.config, epoch, 0, *process) for s in streams]
-                longest = max(m.steps_per_epoch for m in members if m.active)
-                epoch_metrics, last_batches = None, [None] * len(streams)
-                for position in range(longest):
-                    active = [m.active and position < m.steps_per_epoch and m.step < m.total_steps for m in members]
-                    if not any(active):
-                        break
-                    for index, (iterator, s) in enumerate(zip(iterators, streams)):
-                        if position < s.steps_per_epoch:
-                            last_batches[index] = next(iterator)
-                    batch = _global(_member_batch(last_batches, members, stacked), mesh, stacked)
-                    if epoch_metrics is None:
-                        epoch_metrics = _zero_metrics(len(members), mesh)
-                    state, epoch_metrics, alive = train_step(
-                        state, epoch_metrics, batch, numbers, np.array(active), alive
-                    )
-                    for member, on in zip(members, active):
-                        member.step += on
-                    if compiled_at is None:
-                        jax.block_until_ready(alive)
-                        compiled_at = time.perf_counter() - started
-                        print(f"[vectorize] compiled and ran the first step in {compiled_at:.1f}s", flush=True)
-                    if (position + 1) % first.log_every_steps == 0:
-                        _check_alive(members, alive)
-                    if stop_after_step is not None and max(m.step for m in members) >= stop_after_step:
-                        stop.signal = "stop_after_step"
-                    if stop.signal:
-                        raise train.TrainingInterrupted(
-                            f"{stop.signal}: the vectorized group {names} stopped at step "
-                            f"{max(m.step for m in members)}; the same command restarts its unfinished members."
-                        )
-                train_time += time.perf_counter() - tic
-                _check_alive(members, alive)
-                computed = _evaluate(eval_step, state, streams, members, mesh, stacked)
-                timing = {"train_time_s": train_time, "steps_per_s": _rate(members, train_time, compiled_at)}
-                state = _end_epoch(members, state, epoch_metrics, computed, timing, facts, single_eval, mesh)
-                epoch += 1
-    except train.TrainingInterrupted:
-        for member in members:
-            if member.active:
-                member.status, member.error = "interrupted", "interrupted; restarts from scratch with --vectorize"
-                train._write_status(member.workdir, "interrupted", step=member.step, reason="vectorized group stopped")
-        raise
-    finally:
-        for member in members:
-            member.close()
-    return {m.name: (m.status, m.error) for m in members}
+    return jax.device_put(numbers, parallel.replicated(mesh)), vary_smoothing
 
 
 def _zero_metrics(num_members: int, mesh) -> tasks.TrainMetrics:
@@ -452,97 +495,6 @@ def _evaluate(eval_step, state, streams, members, mesh, stacked) -> list[dict | 
     return [_member(host, i).compute() if m.active else None for i, m in enumerate(members)]
 
 
-def _end_epoch(members, state, epoch_metrics, computed, timing, facts, single_eval, mesh):
-    """Each active member's epoch end as train_and_evaluate has it: metrics, plateau, early stopping, checkpoints."""
-    train_time = timing["train_time_s"]
-    host_metrics = jax.device_get(epoch_metrics)
-    hyperparams = jax.device_get(optim._hyperparams(state.opt_state))
-    scales = np.asarray(hyperparams["lr_scale"]).copy()
-    for index, member in enumerate(members):
-        if not member.active:
-            continue
-        config = member.config
-        train_scalars = {f"train_{k}": float(v) for k, v in _member(host_metrics, index).compute().items()}
-        if not np.isfinite(train_scalars["train_loss"]):
-            member.diverge(str(train_scalars["train_loss"]))
-            continue
-        member.summary = tasks.eval_summary(config.task, jax.device_get(computed[index]))
-        member.computed = computed[index]
-        scalars = {
-            "epoch": member.step / member.steps_per_epoch,
-            **train_scalars,
-            **{f"val_{k}": v for k, v in member.summary.items()},
-            "learning_rate": float(hyperparams["learning_rate"][index]) * float(hyperparams["lr_scale"][index]),
-            "training_time_s": train_time,
-        }
-        member.writer.write_scalars(member.step, scalars)
-        member.writer.flush()
-        if member.plateau:
-            scales[index] = member.plateau.update(scalars)
-        stopper = member.stopper
-        improved = stopper.update(scalars, member.step, member.step // member.steps_per_epoch) if stopper else False
-        member.stopped_early = bool(stopper and stopper.should_stop and member.step < member.total_steps)
-        last = member.step >= member.total_steps or member.stopped_early
-        metrics = {k: v for k, v in scalars.items() if k.startswith(("train_", "val_"))}
-        if stopper:
-            metrics[train.RANK] = float(stopper.improvements if improved else -1)
-        own = _member(state, index)
-
-        if last and stopper and config.early_stopping.restore_best and stopper.best_step != member.step:
-            best = member.checkpoints.restore(stopper.best_step, own, items=("params", "batch_stats"))
-            own = own.replace(params=best["params"], batch_stats=best["batch_stats"])
-            metrics = {k: v for k, v in stopper.best_scalars.items() if k.startswith(("train_", "val_"))}
-            metrics[train.RANK] = float(stopper.improvements)
-            variables = {"params": own.params, "batch_stats": own.batch_stats}
-            member.summary, member.computed, _ = train.evaluate_split(
-                single_eval, variables, member.data, "validation", config, mesh
-            )
-            member.save(
-                own, metrics, train_time, stopped_early=member.stopped_early, restored_best_step=stopper.best_step
-            )
-        elif last or improved or (member.step // member.steps_per_epoch) % config.checkpoint.every_epochs == 0:
-            member.save(own, metrics, train_time, stopped_early=member.stopped_early)
-        if last:
-            member.status = "finished"
-            _finish(member, timing, facts)
-    if any(m.plateau for m in members):
-        state = state.replace(opt_state=optim.set_lr_scale(state.opt_state, scales))
-    return state
-
-
-def _finish(member: _Member, timing: dict, facts: dict) -> None:
-    """status.json as train_and_evaluate writes it; the times are the group's (its members trained together)."""
-    stopper, spe = member.stopper, member.steps_per_epoch
-    stopping = {}
-    if stopper:
-        stopping = {
-            "stopped_early": member.stopped_early,
-            "stopped_epoch": member.step // spe if member.stopped_early else None,
-            "best_epoch": stopper.best_epoch,
-            "best_value": stopper.best,
-            "monitor": stopper.monitor,
-        }
-    checkpoints = ckpt.Checkpoints(member.workdir, train._checkpoint_config(member.config), read_only=True)
-    best = checkpoints.best_step()
-    checkpoints.close()
-    train._write_status(
-        member.workdir,
-        "finished",
-        step=member.step,
-        epochs=-(-member.step // spe),
-        **timing,
-        peak_memory_mb=train._peak_memory_mb(),
-        best_step=best,
-        final={f"val_{k}": v for k, v in member.summary.items()},
-        class_names=member.data.class_names,
-        confusion_matrix=np.asarray(member.computed["confusion"]).tolist(),
-        num_params=facts["num_params"],
-        trainable_params=facts["trainable_params"],
-        vectorized_group=facts["group"],
-        **stopping,
-    )
-
-
 def run_groups(groups: list[list], workdir: Path, on_start, on_end) -> bool:
     """Trains each group (members with .name and .config) into workdir/<name>; False when interrupted.
 
@@ -553,13 +505,13 @@ def run_groups(groups: list[list], workdir: Path, on_start, on_end) -> bool:
             on_start(member)
         try:
             results = train_group([m.name for m in group], [m.config for m in group], [workdir / m.name for m in group])
-        except (train.TrainingInterrupted, KeyboardInterrupt) as error:
+        except (TrainingInterrupted, KeyboardInterrupt) as error:
             for member in group:
                 on_end(member, "interrupted", str(error) or "KeyboardInterrupt")
             return False
         except Exception as error:  # noqa: BLE001 - a failing group is recorded and the sweep goes on
             tail = "".join(traceback.format_exc().splitlines(keepends=True)[-15:])
-            message = str(error) if isinstance(error, ValueError | FileNotFoundError) else tail
+            message = str(error) if isinstance(error, UserError) else tail
             for member in group:
                 on_end(member, "failed", message.strip())
             continue

@@ -10,7 +10,7 @@ import optax
 import pytest
 
 from configs import fashion3_cnn
-from labjax import checkpoints, parallel, plots, tasks, train, writers
+from labjax import checkpoints, parallel, plots, run_record, tasks, train, writers
 from labjax import config as config_lib
 from labjax.data import pipeline
 from labjax.models import create_model
@@ -128,7 +128,7 @@ def test_l2_penalty_enters_the_gradient_but_not_the_logged_loss():
     config.optimizer.name, config.optimizer.learning_rate = "sgd", 1.0
     start, plain, plain_loss = _one_step_losses(config)
     config.optimizer.weight_decay, config.optimizer.weight_decay_type = 0.01, "l2"
-    _, decayed, decayed_loss = _one_step_losses(config, penalty=train._l2_penalty(config.optimizer))
+    _, decayed, decayed_loss = _one_step_losses(config, penalty=train.l2_penalty(config.optimizer))
     assert decayed_loss == pytest.approx(plain_loss)
     flat = jax.tree_util.tree_flatten_with_path
     for (path, w), p, d in zip(flat(start)[0], jax.tree.leaves(plain.params), jax.tree.leaves(decayed.params)):
@@ -143,7 +143,7 @@ def test_fine_tuning_starts_from_a_finished_run_and_joins_its_curves(tmp_path):
     config.model.init_from = str(first)
     config.optimizer.learning_rate = 2e-3
     train.train_and_evaluate(config, second)
-    parent_rows = train._init_from_rows(str(first))
+    parent_rows = run_record.init_from_rows(str(first))
     assert [row["epoch"] for row in parent_rows] == [1.0, 2.0]
     joined, start = plots.join_phases(_rows(second), parent_rows)
     assert start == 2.0 and [row["epoch"] for row in joined] == [1.0, 2.0, 3.0]
