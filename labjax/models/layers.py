@@ -33,7 +33,8 @@ def set_conv_impl(impl: str) -> str:
     """Sets the process-wide choice for layers with ``impl="auto"`` and returns the previous one.
 
     "auto": the CPU rewrites on the CPU backend, lax elsewhere; "lax": lax's convolutions and flax's
-    pool everywhere (a check after a JAX upgrade, or a workaround). Read when a layer is traced: set
+    pool everywhere, as a layer's ``impl="lax"`` (kernel taps that only see padding are still sliced
+    off: exact), to check a JAX upgrade or work around a rewrite. Read when a layer is traced: set
     it before jit traces the model (``labjax.models.create_model`` sets it from the config); functions
     already traced keep the choice they were traced with.
     """
