@@ -15,7 +15,7 @@ COMPUTE_DTYPES = ("float32", "bfloat16")
 # Keys a resumed run may change without changing what is trained.
 RESUMABLE_CHANGES = re.compile(
     r"^(num_epochs|num_train_steps|log_every_steps|steps_per_execution|profile_steps|eval_batch_size|checkpoint\..*"
-    r"|data\.(path|test_path|cache))$"
+    r"|model\.conv_impl|data\.(path|test_path|cache))$"
 )
 
 
@@ -94,6 +94,7 @@ def base_config(task: str) -> ml_collections.ConfigDict:
     model.small_inputs = False  # ResNets: 3x3 stride-1 stem and no max-pool, for 32-64 px images
     model.bn_momentum = 0.99  # BatchNorm running-average momentum (Keras' default)
     model.layers = ""  # spec_cnn: "conv(32,3,relu)|maxpool(2)|...|dense(classes)"
+    model.conv_impl = "auto"  # auto: the CPU rewrites on the CPU backend (labjax.models.layers); lax: lax everywhere
 
     config.optimizer = opt = ml_collections.ConfigDict()
     opt.name = "adam"  # sgd | adam | adamax | adamw | rmsprop | nadam
@@ -257,10 +258,13 @@ def _validate_model(model: ml_collections.ConfigDict, info) -> None:
     from pathlib import Path
 
     from labjax.models import HEADS, POOLINGS
+    from labjax.models.layers import CONV_IMPLS
 
     _check(model.head in HEADS, "model.head", model.head, f"one of {HEADS}")
     _check(model.alpha > 0, "model.alpha", model.alpha, "a width multiplier > 0")
     _check(model.pooling in POOLINGS, "model.pooling", model.pooling, f"one of {POOLINGS}")
+    conv_impl = model.get("conv_impl", "auto")
+    _check(conv_impl in CONV_IMPLS, "model.conv_impl", conv_impl, f"one of {CONV_IMPLS}")
     if model.head == "original" or model.pretrained != "none" or model.freeze != "none":
         _check(
             info.keras_family,

@@ -156,6 +156,17 @@ def test_conflicting_or_bad_arguments_raise(name, arg, message):
         _module(name).get_config(arg)
 
 
+def test_conv_impl_is_auto_or_lax():
+    config = _module("seg_mobilenet").get_config("smoke")
+    assert config.model.conv_impl == "auto"
+    config_lib.validate(config, 4)
+    config.model.conv_impl = "fast"  # a layer's impl, not a process-wide choice
+    with pytest.raises(
+        config_lib.ConfigError, match=r"model\.conv_impl='fast' is invalid: expected one of \('auto', 'lax'\)"
+    ):
+        config_lib.validate(config, 4)
+
+
 def test_s0_sweep_has_the_21_named_runs():
     seg = _module("seg_mobilenet")
     members = list(seg.get_sweep())

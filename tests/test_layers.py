@@ -1,4 +1,4 @@
-"""labjax.models.layers: the CPU rewrites equal lax and flax in value and gradient, with flax's params."""
+"""labjax.models.layers and cpu_conv: the CPU rewrites equal lax and flax in value and gradient, with flax's params."""
 
 import functools
 
@@ -10,7 +10,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from labjax.models import layers
+from labjax.models import cpu_conv, layers
 from labjax.models.layers import Conv, ConvTranspose, DepthwiseConv, fast_convs_enabled, max_pool
 
 EXPLICIT = ((1, 0), (2, 1))
@@ -137,13 +137,13 @@ def test_gpu_conv_transpose_keeps_lax_forward_and_differentiates_through_taps(
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.standard_normal(x_shape), jnp.float32)
     k = jnp.asarray(rng.standard_normal((*kernel, x_shape[-1], features)), jnp.float32)
-    pads = layers._transpose_pads(padding, kernel, strides)
+    pads = cpu_conv.transpose_pads(padding, kernel, strides)
 
     def reference(x, k):
         return jax.lax.conv_transpose(x, k, strides, pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
     def hybrid(x, k):
-        return layers._conv_transpose_lax_taps_grad(x, k, strides, pads)
+        return cpu_conv.conv_transpose_lax_taps_grad(x, k, strides, pads)
 
     want, want_vjp = jax.vjp(reference, x, k)
     got, got_vjp = jax.vjp(hybrid, x, k)
@@ -210,10 +210,10 @@ def test_live_taps_drops_the_kernel_edges_that_only_see_padding(
     x_shape, kernel, strides, padding, live_kernel, live_pads, rows_read
 ):
     x, w = jnp.ones(x_shape), jnp.arange(kernel[0] * kernel[1], dtype=jnp.float32).reshape(*kernel, 1, 1)
-    x_live, w_live, pads = layers._live_taps(x, w, strides, padding)
+    x_live, w_live, pads = cpu_conv.live_taps(x, w, strides, padding)
     assert w_live.shape[:2] == live_kernel and pads == live_pads and x_live.shape[1:3] == rows_read
-    want = layers._conv_lax(x, w, strides, padding)
-    np.testing.assert_array_equal(layers._conv_lax(x_live, w_live, strides, pads), want)
+    want = cpu_conv.conv_lax(x, w, strides, padding)
+    np.testing.assert_array_equal(cpu_conv.conv_lax(x_live, w_live, strides, pads), want)
 
 
 def test_conv_of_a_one_pixel_map_is_a_matmul_over_its_channels():
@@ -298,8 +298,8 @@ def test_winograd_conv_equals_lax_in_value_and_gradient(x_shape, pads):
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal(x_shape), jnp.float32)
     kernel = jnp.asarray(rng.standard_normal((3, 3, x_shape[-1], 7)), jnp.float32)
-    want, want_vjp = jax.vjp(lambda x, k: layers._conv_lax(x, k, (1, 1), pads), x, kernel)
-    got, got_vjp = jax.vjp(lambda x, k: layers._conv_winograd(x, k, pads), x, kernel)
+    want, want_vjp = jax.vjp(lambda x, k: cpu_conv.conv_lax(x, k, (1, 1), pads), x, kernel)
+    got, got_vjp = jax.vjp(lambda x, k: cpu_conv.conv_winograd(x, k, pads), x, kernel)
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
     g = jnp.asarray(rng.standard_normal(want.shape), jnp.float32)
@@ -358,7 +358,7 @@ def test_big_3x3_conv_runs_winograd_and_its_kernel_gradient_im2col():
 )
 def test_winograd_is_chosen_only_where_it_was_measured_faster(x_shape, kernel_shape, strides, dtype, pays):
     x, kernel = jax.ShapeDtypeStruct(x_shape, dtype), jax.ShapeDtypeStruct(kernel_shape, dtype)
-    assert layers._winograd_pays(x, kernel, strides, ((1, 1), (1, 1))) == pays
+    assert cpu_conv.winograd_pays(x, kernel, strides, ((1, 1), (1, 1))) == pays
 
 
 @pytest.mark.parametrize(
@@ -417,3 +417,85 @@ def test_overlapping_max_pool_ties_share_each_window_gradient():
     # of it, so a cell gets a quarter per window it is in.
     dx = jax.grad(lambda x: max_pool(x, (2, 2), (1, 1), impl="fast").sum())(jnp.ones((1, 3, 3, 1)))
     np.testing.assert_allclose(dx.reshape(3, 3), [[0.25, 0.5, 0.25], [0.5, 1.0, 0.5], [0.25, 0.5, 0.25]])
+
+
+@pytest.fixture
+def lax_convs():
+    """config.model.conv_impl=lax for one test; the process-wide choice is back to "auto" after it."""
+    previous = layers.set_conv_impl("lax")
+    try:
+        yield
+    finally:
+        layers.set_conv_impl(previous)
+
+
+class _EveryLayer(nn.Module):
+    """One of each layer and both max-pool paths (non-overlapping blocks, overlapping padded views)."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(Conv(8, (3, 3), (2, 2))(x))  # RGB stem: im2col
+        x = max_pool(x, (3, 3), (1, 1), "SAME")  # overlapping: the views
+        x = nn.relu(Conv(12)(x))  # wide: lax forward, im2col gradient
+        x = DepthwiseConv(strides=(2, 2))(x)
+        x = layers.SeparableConv(6)(x)
+        x = max_pool(x, (2, 2))  # non-overlapping: the blocks
+        return ConvTranspose(4)(x)
+
+
+CONVS_IN_EVERY_LAYER = 6  # the SeparableConv is two; lax.conv_transpose is a conv_general_dilated too
+
+
+def _model_value_and_grads(model, params, x):
+    loss = lambda p, x: jnp.sum(model.apply(p, x) ** 2)  # noqa: E731 (a new function: traced afresh)
+    forward = jax.make_jaxpr(lambda p, x: model.apply(p, x))(params, x)
+    gradient = jax.make_jaxpr(jax.value_and_grad(loss, argnums=(0, 1)))(params, x)
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, x), str(forward), str(gradient)
+
+
+def test_conv_impl_lax_makes_every_auto_layer_lax_with_the_same_values():
+    model = _EveryLayer()
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((2, 12, 12, 3)), jnp.float32)
+    params = jax.tree.map(
+        lambda s: jnp.asarray(0.3 * rng.standard_normal(s.shape), s.dtype),
+        jax.eval_shape(model.init, jax.random.key(0), x),
+    )
+    auto, auto_forward, auto_gradient = _model_value_and_grads(model, params, x)
+    assert layers.conv_impl() == "auto"  # the CPU rewrites on this backend, their custom gradients inlined
+    assert "custom_vjp_call" in auto_forward and "optimization_barrier" in auto_gradient
+    previous = layers.set_conv_impl("lax")
+    try:
+        assert previous == "auto" and layers.conv_impl() == "lax" and not fast_convs_enabled("auto")
+        forced, forward, gradient = _model_value_and_grads(model, params, x)
+    finally:
+        layers.set_conv_impl(previous)
+    assert forward.count("conv_general_dilated") == CONVS_IN_EVERY_LAYER
+    assert forward.count("reduce_window_max") == 2  # flax's pool, both times
+    assert "custom_vjp_call" not in forward
+    # the rewrites' hand-written gradients are the only barriers; lax's gradients are convolutions
+    assert gradient.count("conv_general_dilated") >= CONVS_IN_EVERY_LAYER and "optimization_barrier" not in gradient
+    assert fast_convs_enabled("fast")  # an explicit impl is kept
+    for a, b in zip(jax.tree.leaves(forced), jax.tree.leaves(auto), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(b).max())))
+
+
+def test_set_conv_impl_takes_auto_or_lax_only(lax_convs):
+    with pytest.raises(ValueError, match="conv_impl must be one of"):
+        layers.set_conv_impl("fast")
+    assert layers.conv_impl() == "lax"
+
+
+def test_a_run_with_conv_impl_lax_trains(tmp_path, lax_convs):
+    """config.model.conv_impl=lax end to end: the model is built, trained and evaluated through lax."""
+    from configs import seg_mobilenet
+    from labjax import train
+
+    config = seg_mobilenet.get_config("smoke")
+    config.task, config.model.name = "classification", "small_cnn"
+    config.checkpoint.best_metric = "val_accuracy"
+    config.model.conv_impl = "lax"
+    layers.set_conv_impl("auto")  # train_and_evaluate sets it from the config
+    summary = train.train_and_evaluate(config, tmp_path)
+    assert layers.conv_impl() == "lax"
+    assert set(summary) == {"loss", "accuracy"} and np.isfinite(summary["loss"])

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from labjax.models import densenet, efficientnet, inception_v3, mobilenet_v2, resnet, small_nets, vgg, xception
+from labjax.models.layers import set_conv_impl
 from labjax.models.small_cnn import SmallCNN
 from labjax.models.unet import MobileNetV2UNet, ResNet50UNet, UNet
 from labjax.weights import via_keras
@@ -132,7 +133,9 @@ def create_model(model_config: ml_collections.ConfigDict, num_classes: int, froz
     """Builds the configured model; unknown names list the valid ones.
 
     `frozen`: BatchNorm modules of the backbone that stay in inference mode (model.freeze).
+    Sets the process-wide convolution choice from model.conv_impl (read when jit traces the model).
     """
+    set_conv_impl(model_config.get("conv_impl", "auto"))
     name = model_config.name
     info = model_info(name)
     if name == "mobilenetv2_unet":
