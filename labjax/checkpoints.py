@@ -15,7 +15,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 
-from labjax.errors import CheckpointError
+from labjax.errors import CheckpointError, ConfigError, MissingFileError
 
 FORMAT_VERSION = 1
 STATE_ITEMS = ("params", "batch_stats", "opt_state")
@@ -156,7 +156,7 @@ def resolve_step(checkpoints: Checkpoints, which: str) -> int:
     """'latest' | 'best' | a step number -> an existing step, with a clear error otherwise."""
     steps = checkpoints.steps()
     if not steps:
-        raise FileNotFoundError(f"{checkpoints.directory}: no checkpoints; train the run first.")
+        raise MissingFileError(f"{checkpoints.directory}: no checkpoints; train the run first.")
     if which == "latest":
         return steps[-1]
     if which == "best":
@@ -167,7 +167,7 @@ def resolve_step(checkpoints: Checkpoints, which: str) -> int:
         return step
     if which.isdigit() and int(which) in steps:
         return int(which)
-    raise ValueError(f"--checkpoint={which!r} not found in {checkpoints.directory}; available: latest, best, {steps}.")
+    raise ConfigError(f"--checkpoint={which!r} not found in {checkpoints.directory}; available: latest, best, {steps}.")
 
 
 def restore_checkpoint(checkpoints: Checkpoints, which: str, target, items=STATE_ITEMS, model_config=None):
@@ -236,7 +236,7 @@ def resolve_init_from(path: str) -> tuple["Checkpoints", int]:
         which = location.name
     else:
         if not (location / "checkpoints").is_dir():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"config.model.init_from={path!r}: no labjax run there (no checkpoints folder); give a run's workdir "
                 "or WORKDIR/checkpoints/STEP."
             )

@@ -22,6 +22,7 @@ from labjax import checkpoints as ckpt
 from labjax import config as config_lib
 from labjax import evaluation, metrics, models, parallel, plots, tasks
 from labjax.data import pipeline
+from labjax.errors import ConfigError, MissingFileError
 
 NUM_SAMPLES = 6
 # What evaluation and prediction may change in the run's config: where the data is and how it
@@ -47,12 +48,12 @@ def load_run_config(workdir: Path) -> ml_collections.ConfigDict:
     workdir = Path(workdir)
     path = workdir / "config.json"
     if not workdir.is_dir():
-        raise FileNotFoundError(f"{path}: not found; the workdir {workdir} does not exist (give a run's --workdir).")
+        raise MissingFileError(f"{path}: not found; the workdir {workdir} does not exist (give a run's --workdir).")
     if path.exists():
         try:
             return config_lib.from_dict(json.loads(path.read_text()))
         except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: not valid JSON ({error}); restore it from a checkpoint's metadata.") from None
+            raise ConfigError(f"{path}: not valid JSON ({error}); restore it from a checkpoint's metadata.") from None
     if (workdir / "checkpoints").is_dir():
         checkpoints = ckpt.Checkpoints(workdir, read_only=True)
         try:
@@ -63,7 +64,7 @@ def load_run_config(workdir: Path) -> ml_collections.ConfigDict:
                     continue
         finally:
             checkpoints.close()
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"{path}: not found, and no checkpoint in {workdir / 'checkpoints'} holds a config; "
         "--workdir must be a labjax training workdir."
     )
@@ -189,7 +190,7 @@ def evaluate(
     session = open_run(workdir, overrides, devices)
     try:
         if split not in session.data.splits:
-            raise ValueError(f"--split={split!r} is unknown; available: {sorted(session.data.splits)}.")
+            raise ConfigError(f"--split={split!r} is unknown; available: {sorted(session.data.splits)}.")
         eval_step = evaluation.make_eval_step(session.mesh, session.model, session.data.num_classes)
         if checkpoint == "all":
             return _evaluate_all(session, eval_step, split)

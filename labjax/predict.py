@@ -26,6 +26,7 @@ from labjax import config as config_lib
 from labjax import evaluate, models, parallel, plots
 from labjax.data import augment, decode, pipeline
 from labjax.data.input_spec import InputSpec
+from labjax.errors import ConfigError, MissingFileError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".pgm", ".ppm", ".pnm")
 TOP_K = 5
@@ -42,13 +43,13 @@ def find_inputs(pattern: str) -> list[Path]:
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"--inputs={pattern!r}: the folder holds no image files ({', '.join(IMAGE_SUFFIXES)})."
             )
         return files
     files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
     if not files:
-        raise FileNotFoundError(f"--inputs={pattern!r}: no such file or folder, and no file matches it as a glob.")
+        raise MissingFileError(f"--inputs={pattern!r}: no such file or folder, and no file matches it as a glob.")
     return files
 
 
@@ -63,7 +64,7 @@ def prepare_image(path: Path, spec: InputSpec) -> tuple[np.ndarray, np.ndarray]:
     except (tf.errors.OpError, ValueError) as error:
         message = error.message if isinstance(error, tf.errors.OpError) else str(error)
         message = re.sub(r"\{\{.*?\}\}\s*|\s*\[Op:.*$", "", message.splitlines()[0]).strip()  # TF's op details
-        raise ValueError(f"{path}: cannot decode the file ({message})") from None
+        raise ConfigError(f"{path}: cannot decode the file ({message})") from None
     context = augment.Context(dense_labels=spec.dense_labels, mean=spec.mean, std=spec.std)
     features = {"image": tf.cast(image, tf.float32)}
     features["label"] = tf.zeros(tf.shape(image)[:2], tf.int32) if spec.dense_labels else tf.constant(0)
@@ -85,7 +86,7 @@ def _spec(checkpoints: ckpt.Checkpoints, config) -> InputSpec:
     try:
         data = pipeline.load(data_config, models.model_info(config.model.name).preprocessing)
     except (FileNotFoundError, ValueError) as error:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"predict derives the input conversion (channels, normalisation, class names) from the run's data, "
             f"which cannot be read: {error}"
         ) from None
@@ -156,7 +157,7 @@ def predict(
         outputs = run(variables, jax.device_put(batch, parallel.batch_sharded(mesh)))
         writer.add(chunk, displays, multihost_utils.process_allgather(outputs, tiled=True)[: len(chunk)])
     if not writer.rows:
-        raise ValueError(f"none of the {len(files)} input files can be read; the first: {skipped[0][1]}.")
+        raise ConfigError(f"none of the {len(files)} input files can be read; the first: {skipped[0][1]}.")
     writer.close()
     if skipped:
         (out_dir / "skipped.txt").write_text("".join(f"{reason}\n" for _, reason in skipped))

@@ -19,6 +19,8 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
+from labjax.errors import ConfigError, DataError
+
 # An op: (image, mask or None, seed, context) -> (image, mask or None).
 Op = Callable[..., tuple]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -84,14 +86,14 @@ def _unpack(out, mask) -> tuple:
 
 def _check_p(p) -> None:
     if not isinstance(p, int | float) or not 0 <= p <= 1:
-        raise ValueError(f"p={p!r} must be a probability in [0, 1]")
+        raise DataError(f"p={p!r} must be a probability in [0, 1]")
 
 
 def _size(size, width=None) -> tuple[int, int]:
     pair = (size, width) if width is not None else (size, size) if isinstance(size, int) else size
     if not (isinstance(pair, tuple | list) and len(pair) == 2 and all(isinstance(s, int) and s > 0 for s in pair)):
         given = size if width is None else (size, width)
-        raise ValueError(f"size={given!r} must be a positive int or a (height, width) pair of them")
+        raise ConfigError(f"size={given!r} must be a positive int or a (height, width) pair of them")
     return int(pair[0]), int(pair[1])
 
 
@@ -99,27 +101,27 @@ def _range(value, name: str, center: float = 0.0, lo: float = -math.inf, hi: flo
     """f -> (center - f, center + f) clipped to [lo, hi]; a (a, b) pair is taken as is."""
     if isinstance(value, int | float):
         if value < 0:
-            raise ValueError(f"{name}={value!r} must be >= 0")
+            raise DataError(f"{name}={value!r} must be >= 0")
         a, b = max(lo, center - value), min(hi, center + value)
     elif isinstance(value, tuple | list) and len(value) == 2 and all(isinstance(v, int | float) for v in value):
         a, b = float(value[0]), float(value[1])
         if not lo <= a <= b <= hi:
-            raise ValueError(f"{name}={value!r} must be a pair (low, high) with {lo} <= low <= high <= {hi}")
+            raise DataError(f"{name}={value!r} must be a pair (low, high) with {lo} <= low <= high <= {hi}")
     else:
-        raise ValueError(f"{name}={value!r} must be a number or a (low, high) pair")
+        raise DataError(f"{name}={value!r} must be a number or a (low, high) pair")
     return float(a), float(b)
 
 
 def _check_fill_mode(fill_mode: str) -> str:
     if fill_mode not in FILL_MODES:
-        raise ValueError(f"fill_mode={fill_mode!r} is not one of {', '.join(FILL_MODES)}")
+        raise DataError(f"fill_mode={fill_mode!r} is not one of {', '.join(FILL_MODES)}")
     return fill_mode.upper()
 
 
 def _channels(image: tf.Tensor) -> int:
     c = image.shape[-1]
     if c not in (1, 3):
-        raise ValueError(f"augmentation needs images with 1 or 3 channels (static), got shape {image.shape}")
+        raise DataError(f"augmentation needs images with 1 or 3 channels (static), got shape {image.shape}")
     return c
 
 
@@ -312,7 +314,7 @@ def _op_pad_to(size) -> Op:
 
 def _op_channels(n) -> Op:
     if n not in (1, 3):
-        raise ValueError(f"n={n!r} must be 1 or 3")
+        raise DataError(f"n={n!r} must be 1 or 3")
 
     def apply(image, mask, seed, ctx):
         c = _channels(image)
@@ -357,7 +359,7 @@ def _op_zoom(factor, p=1.0, fill=0.0, fill_mode="constant") -> Op:
     """
     lo, hi = _range(factor, "factor", lo=-1.0)
     if hi <= -1:
-        raise ValueError(f"factor={factor!r} leaves no positive scale 1 + z")
+        raise DataError(f"factor={factor!r} leaves no positive scale 1 + z")
     _check_p(p)
     mode = _check_fill_mode(fill_mode)
 
@@ -393,12 +395,12 @@ def _op_random_crop(size, padding=0) -> Op:
     """torchvision RandomCrop: zero-pad (mask: ignore_label) by `padding`, then crop at a random spot."""
     h, w = _size(size)
     if not isinstance(padding, int) or padding < 0:
-        raise ValueError(f"padding={padding!r} must be an int >= 0")
+        raise DataError(f"padding={padding!r} must be an int >= 0")
 
     def apply(image, mask, seed, ctx):
         height, width = image.shape[0], image.shape[1]
         if height is not None and width is not None and (height + 2 * padding < h or width + 2 * padding < w):
-            raise ValueError(f"size={size!r} with padding={padding} is larger than the {height}x{width} images")
+            raise ConfigError(f"size={size!r} with padding={padding} is larger than the {height}x{width} images")
         if padding:
             image = tf.pad(image, [[padding, padding], [padding, padding], [0, 0]])
             if mask is not None:
@@ -418,7 +420,7 @@ def _op_random_resized_crop(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> Op
     s_lo, s_hi = _range(scale, "scale", lo=0.0, hi=1.0)
     r_lo, r_hi = _range(ratio, "ratio", lo=1e-6)
     if s_hi <= 0:
-        raise ValueError(f"scale={scale!r} must allow a positive area")
+        raise DataError(f"scale={scale!r} must allow a positive area")
 
     def apply(image, mask, seed, ctx):
         sa, sr, sy, sx = _seeds(seed, 4)
@@ -506,10 +508,10 @@ def _op_grayscale(p=0.1) -> Op:
 def _op_gaussian_blur(kernel_size=3, sigma=(0.1, 2.0), p=1.0) -> Op:
     """torchvision GaussianBlur: separable kernel, reflect padding, sigma uniform in its range."""
     if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f"kernel_size={kernel_size!r} must be a positive odd int")
+        raise DataError(f"kernel_size={kernel_size!r} must be a positive odd int")
     lo, hi = _range(sigma, "sigma", lo=0.0) if isinstance(sigma, tuple | list) else (float(sigma), float(sigma))
     if lo <= 0:
-        raise ValueError(f"sigma={sigma!r} must be > 0")
+        raise DataError(f"sigma={sigma!r} must be > 0")
     _check_p(p)
     radius = kernel_size // 2
 
@@ -528,7 +530,7 @@ def _op_gaussian_blur(kernel_size=3, sigma=(0.1, 2.0), p=1.0) -> Op:
 def _op_gaussian_noise(std, p=1.0) -> Op:
     """Add N(0, std^2) noise (std in [0, 255] units), clipped to [0, 255]."""
     if not isinstance(std, int | float) or std < 0:
-        raise ValueError(f"std={std!r} must be a number >= 0")
+        raise DataError(f"std={std!r} must be a number >= 0")
     _check_p(p)
 
     def apply(image, mask, seed, ctx):
@@ -544,7 +546,7 @@ def _op_random_erasing(p=0.5, scale=(0.02, 0.33), ratio=(0.3, 3.3), value=0.0) -
     s_lo, s_hi = _range(scale, "scale", lo=0.0, hi=1.0)
     r_lo, r_hi = _range(ratio, "ratio", lo=1e-6)
     if value != "random" and not (isinstance(value, int | float) and 0 <= value <= 255):
-        raise ValueError(f"value={value!r} must be a number in [0, 255] or 'random'")
+        raise DataError(f"value={value!r} must be a number in [0, 255] or 'random'")
 
     def apply(image, mask, seed, ctx):
         sa, sr, sy, sx, sv = _seeds(seed, 5)
@@ -601,9 +603,9 @@ def _op_randaugment(num_ops=2, magnitude=9, num_magnitude_bins=31) -> Op:
     """torchvision RandAugment: num_ops ops drawn uniformly from 14 at magnitude bin `magnitude`, random sign."""
     for name, v in (("num_ops", num_ops), ("magnitude", magnitude), ("num_magnitude_bins", num_magnitude_bins)):
         if not isinstance(v, int) or v < 0:
-            raise ValueError(f"{name}={v!r} must be an int >= 0")
+            raise DataError(f"{name}={v!r} must be an int >= 0")
     if num_magnitude_bins < 2 or magnitude >= num_magnitude_bins:
-        raise ValueError(f"need 0 <= magnitude={magnitude} < num_magnitude_bins={num_magnitude_bins} (>= 2)")
+        raise DataError(f"need 0 <= magnitude={magnitude} < num_magnitude_bins={num_magnitude_bins} (>= 2)")
     frac = magnitude / (num_magnitude_bins - 1)
     bits = 8 - int(round(magnitude / ((num_magnitude_bins - 1) / 4)))
 
@@ -672,18 +674,18 @@ def _parse_call(text: str, spec: str, key: str) -> tuple[str, tuple, dict]:
     try:
         node = ast.parse(text, mode="eval").body
     except SyntaxError:
-        raise ValueError(bad) from None
+        raise DataError(bad) from None
     if isinstance(node, ast.Name):
         return node.id, (), {}
     if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
-        raise ValueError(bad)
+        raise DataError(bad)
     try:
         args = tuple(ast.literal_eval(a) for a in node.args)
         if any(kw.arg is None for kw in node.keywords):
             raise ValueError
         kwargs = {kw.arg: ast.literal_eval(kw.value) for kw in node.keywords}
     except ValueError:
-        raise ValueError(f"{bad} (arguments must be literals: numbers, strings, tuples)") from None
+        raise DataError(f"{bad} (arguments must be literals: numbers, strings, tuples)") from None
     return node.func.id, args, kwargs
 
 
@@ -692,17 +694,17 @@ def _make(name: str, args: tuple, kwargs: dict, key: str) -> Op:
     if name not in OPS:
         close = difflib.get_close_matches(name, OPS, n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"config.{key}: unknown op {name!r}{hint} valid ops: {', '.join(OPS)}")
+        raise ConfigError(f"config.{key}: unknown op {name!r}{hint} valid ops: {', '.join(OPS)}")
     factory = OPS[name]
     signature = f"{name}{inspect.signature(factory).replace(return_annotation=inspect.Signature.empty)}"
     try:
         inspect.signature(factory).bind(*args, **kwargs)
     except TypeError as e:
-        raise ValueError(f"config.{key}: bad arguments for {signature}: {e}") from None
+        raise ConfigError(f"config.{key}: bad arguments for {signature}: {e}") from None
     try:
         return factory(*args, **kwargs)
     except ValueError as e:
-        raise ValueError(f"config.{key}: {signature}: {e}") from None
+        raise ConfigError(f"config.{key}: {signature}: {e}") from None
 
 
 def parse(spec: str, key: str) -> list[tuple[str, tuple, dict]]:
@@ -712,7 +714,7 @@ def parse(spec: str, key: str) -> list[tuple[str, tuple, dict]]:
     calls = []
     for text in _split_top_level(spec):
         if not text:
-            raise ValueError(f"config.{key}={spec!r}: empty op between '|'; write ops like 'flip_lr|rotate(0.2)'")
+            raise ConfigError(f"config.{key}={spec!r}: empty op between '|'; write ops like 'flip_lr|rotate(0.2)'")
         call = _parse_call(text, spec, key)
         _make(*call, key)
         calls.append(call)
@@ -726,11 +728,11 @@ def build(spec: str, key: str, context: Context) -> Callable[[dict, tf.Tensor], 
     def fn(features: dict, seed: tf.Tensor) -> dict:
         image = features["image"]
         if image.dtype != tf.float32:
-            raise ValueError(f"config.{key}: augmentation expects float32 images in [0, 255], got {image.dtype.name}")
+            raise ConfigError(f"config.{key}: augmentation expects float32 images in [0, 255], got {image.dtype.name}")
         _channels(image)
         mask = features["label"] if context.dense_labels else None
         if mask is not None and (mask.dtype != tf.int32 or mask.shape.rank != 2):
-            raise ValueError(
+            raise ConfigError(
                 f"config.{key}: dense labels must be int32 (H, W) masks, got {mask.dtype.name} {mask.shape}"
             )
         seed = tf.cast(seed, tf.int64)
@@ -738,7 +740,7 @@ def build(spec: str, key: str, context: Context) -> Callable[[dict, tf.Tensor], 
             try:
                 image, mask = op(image, mask, tf.random.experimental.stateless_fold_in(seed, i), context)
             except ValueError as e:
-                raise ValueError(f"config.{key}: {name}: {e}") from None
+                raise ConfigError(f"config.{key}: {name}: {e}") from None
         out = {**features, "image": image}
         if mask is not None:
             out["label"] = mask
@@ -753,11 +755,11 @@ def build(spec: str, key: str, context: Context) -> Callable[[dict, tf.Tensor], 
 def normalize(image: tf.Tensor, mode: str, context: Context, key: str = "data.normalize") -> tf.Tensor:
     """float32 [0, 255] -> the model's input range (Keras applications' 'tf', 'torch', 'caffe' included)."""
     if mode not in NORMALIZE_MODES:
-        raise ValueError(f"config.{key}={mode!r} is unknown; valid modes: {', '.join(NORMALIZE_MODES)}")
+        raise ConfigError(f"config.{key}={mode!r} is unknown; valid modes: {', '.join(NORMALIZE_MODES)}")
     image = tf.cast(image, tf.float32)
     c = image.shape[-1]
     if mode in ("imagenet", "torch", "caffe") and c != 3:
-        raise ValueError(f"config.{key}={mode!r} needs 3-channel images, got {c}; set config.data.channels=3")
+        raise ConfigError(f"config.{key}={mode!r} needs 3-channel images, got {c}; set config.data.channels=3")
     if mode == "none":
         return image
     if mode == "zero_one":
@@ -769,13 +771,15 @@ def normalize(image: tf.Tensor, mode: str, context: Context, key: str = "data.no
     if mode == "caffe":
         return tf.reverse(image, [-1]) - CAFFE_MEAN_BGR
     if context.mean is None or context.std is None:
-        raise ValueError(f"config.{key}='mean_std' needs the train split's per-channel mean and std (Context.mean/std)")
+        raise ConfigError(
+            f"config.{key}='mean_std' needs the train split's per-channel mean and std (Context.mean/std)"
+        )
     if len(context.mean) not in (1, c) or len(context.std) not in (1, c):
-        raise ValueError(
+        raise ConfigError(
             f"config.{key}='mean_std': mean {context.mean} / std {context.std} do not match {c}-channel images"
         )
     if any(s <= 0 for s in context.std):
-        raise ValueError(f"config.{key}='mean_std': std {context.std} must be > 0")
+        raise ConfigError(f"config.{key}='mean_std': std {context.std} must be > 0")
     return (image - tf.constant(context.mean, tf.float32)) / tf.constant(context.std, tf.float32)
 
 
@@ -797,9 +801,9 @@ def mix_batch(batch: dict, seed, mixup: float, cutmix: float) -> dict:
     """
     image, label = batch["image"], batch["label"]
     if label.shape.rank != 1:
-        raise ValueError("config.data.mixup/cutmix: only for classification (labels of shape (B,)), not masks")
+        raise ConfigError("config.data.mixup/cutmix: only for classification (labels of shape (B,)), not masks")
     if mixup < 0 or cutmix < 0:
-        raise ValueError(f"config.data.mixup={mixup} / cutmix={cutmix} must be >= 0")
+        raise ConfigError(f"config.data.mixup={mixup} / cutmix={cutmix} must be >= 0")
     n = tf.shape(label)[0]
     if mixup == 0 and cutmix == 0:
         return {**batch, "label_b": tf.cast(label, tf.int32), "mix": tf.ones([n], tf.float32)}

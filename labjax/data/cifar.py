@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from labjax.data.examples import Examples
+from labjax.errors import ConfigError, DataError, MissingFileError
 
 CIFAR10_FILES = ["batches.meta", *(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]
 CIFAR100_FILES = ["meta", "train", "test"]
@@ -48,22 +49,22 @@ def read_pickle(path: Path) -> dict:
         with open(path, "rb") as file:
             content = _SafeUnpickler(file, encoding="bytes").load()
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file; the CIFAR folder is incomplete, download it again.") from None
+        raise MissingFileError(f"{path}: no such file; the CIFAR folder is incomplete, download it again.") from None
     except pickle.UnpicklingError as error:
-        raise ValueError(
+        raise DataError(
             f"{path}: not a CIFAR data file ({error}); CIFAR files hold only arrays, lists and strings, so this "
             "file was not loaded. Download the data again from its official site."
         ) from None
     except Exception as error:  # a corrupt pickle raises many kinds of errors
-        raise ValueError(f"{path}: corrupt or truncated pickle ({type(error).__name__}: {error}).") from None
+        raise DataError(f"{path}: corrupt or truncated pickle ({type(error).__name__}: {error}).") from None
     if not isinstance(content, dict):
-        raise ValueError(f"{path}: expected a dict, found {type(content).__name__}; not a CIFAR file.")
+        raise DataError(f"{path}: expected a dict, found {type(content).__name__}; not a CIFAR file.")
     return {key.decode() if isinstance(key, bytes) else key: value for key, value in content.items()}
 
 
 def _field(content: dict, key: str, path: Path):
     if key not in content:
-        raise ValueError(f"{path}: no {key!r} entry (it has {sorted(content)}); not a CIFAR file of this kind.")
+        raise DataError(f"{path}: no {key!r} entry (it has {sorted(content)}); not a CIFAR file of this kind.")
     return content[key]
 
 
@@ -77,11 +78,11 @@ def _batch(path: Path, label_key: str, num_classes: int) -> tuple[np.ndarray, np
     data = np.asarray(_field(content, "data", path))
     labels = np.asarray(_field(content, label_key, path))
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-        raise ValueError(f"{path}: 'data' is {data.dtype} {data.shape}, not uint8 (N, 3072).")
+        raise DataError(f"{path}: 'data' is {data.dtype} {data.shape}, not uint8 (N, 3072).")
     if labels.shape != (len(data),) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"{path}: {labels.shape} {labels.dtype} {label_key!r} for {len(data)} images.")
+        raise DataError(f"{path}: {labels.shape} {labels.dtype} {label_key!r} for {len(data)} images.")
     if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"{path}: labels outside 0..{num_classes - 1}.")
+        raise DataError(f"{path}: labels outside 0..{num_classes - 1}.")
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy(), labels.astype(np.int32)
 
 
@@ -91,11 +92,11 @@ def _find_folder(root: Path) -> Path:
         return root
     found = [root / name for name in FOLDERS if (root / name).is_dir()]
     if len(found) > 1:
-        raise ValueError(
+        raise ConfigError(
             f"config.data.path={str(root)!r} holds both {found[0].name} and {found[1].name}; point it at one of them."
         )
     if not found:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"config.data.path={str(root)!r} holds neither a CIFAR-10 folder cifar-10-batches-py "
             f"({', '.join(CIFAR10_FILES)}) nor a CIFAR-100 folder cifar-100-python ({', '.join(CIFAR100_FILES)})."
         )
@@ -108,7 +109,7 @@ def _rename(class_names: list[str], data) -> list[str]:
         return class_names
     names = [name.strip() for name in data.class_names.split(",")]
     if len(names) != len(class_names):
-        raise ValueError(
+        raise ConfigError(
             f"config.data.class_names gives {len(names)} names for the {len(class_names)} classes of the data; "
             "give one name per class in label order, or leave it empty."
         )
@@ -119,14 +120,14 @@ def load(data) -> dict[str, Examples]:
     """{"train", "test"} of CIFAR-10 or CIFAR-100 (fine or coarse labels per config.data.label_mode)."""
     root = Path(data.path).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"config.data.path={data.path!r}: no such folder; point it at the CIFAR folder.")
+        raise MissingFileError(f"config.data.path={data.path!r}: no such folder; point it at the CIFAR folder.")
     folder = _find_folder(root)
     if (folder / "batches.meta").is_file():
         names_key, label_key = "label_names", "labels"
         meta, train_files, test_file = "batches.meta", CIFAR10_FILES[1:6], "test_batch"
     else:
         if data.label_mode not in ("fine", "coarse"):
-            raise ValueError(f"config.data.label_mode={data.label_mode!r} is unknown; valid: 'fine', 'coarse'.")
+            raise ConfigError(f"config.data.label_mode={data.label_mode!r} is unknown; valid: 'fine', 'coarse'.")
         names_key, label_key = f"{data.label_mode}_label_names", f"{data.label_mode}_labels"
         meta, train_files, test_file = "meta", ["train"], "test"
     class_names = _names(read_pickle(folder / meta), names_key, folder / meta)

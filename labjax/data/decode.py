@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from labjax.errors import DataError, MissingFileError
+
 PNM_SUFFIXES = (".pgm", ".ppm", ".pnm")
 _PNM_CHANNELS = {b"P2": 1, b"P5": 1, b"P3": 3, b"P6": 3}
 _WHITESPACE = b" \t\r\n\v\f"
@@ -32,13 +34,13 @@ def _pnm_header(data: bytes, path: str) -> tuple[int, int, int, int]:
         while pos < len(data) and 48 <= data[pos] <= 57:
             pos += 1
         if start == pos:
-            raise ValueError(f"{path}: corrupt or truncated PNM header (expected width, height and maxval).")
+            raise DataError(f"{path}: corrupt or truncated PNM header (expected width, height and maxval).")
         fields.append(int(data[start:pos]))
     if pos >= len(data) or data[pos] not in _WHITESPACE:
-        raise ValueError(f"{path}: corrupt PNM header (no whitespace after maxval) or no pixel data.")
+        raise DataError(f"{path}: corrupt PNM header (no whitespace after maxval) or no pixel data.")
     width, height, maxval = fields
     if width < 1 or height < 1 or not 1 <= maxval <= 65535:
-        raise ValueError(f"{path}: invalid PNM header (width {width}, height {height}, maxval {maxval}).")
+        raise DataError(f"{path}: invalid PNM header (width {width}, height {height}, maxval {maxval}).")
     return width, height, maxval, pos + 1
 
 
@@ -47,14 +49,14 @@ def read_pnm(data: bytes, path: str = "") -> np.ndarray:
     data = bytes(data)
     magic = data[:2]
     if magic not in _PNM_CHANNELS:
-        raise ValueError(f"{path}: not a PGM/PPM file (magic {magic!r}; only P2, P3, P5 and P6 are supported).")
+        raise DataError(f"{path}: not a PGM/PPM file (magic {magic!r}; only P2, P3, P5 and P6 are supported).")
     channels = _PNM_CHANNELS[magic]
     width, height, maxval, offset = _pnm_header(data, path)
     count = width * height * channels
     if magic in (b"P5", b"P6"):
         dtype = np.dtype(">u2") if maxval > 255 else np.dtype(np.uint8)
         if len(data) - offset < count * dtype.itemsize:
-            raise ValueError(
+            raise DataError(
                 f"{path}: truncated PNM file ({len(data) - offset} pixel bytes for a {width}x{height}x{channels} "
                 f"image of {dtype.itemsize}-byte samples)."
             )
@@ -62,10 +64,10 @@ def read_pnm(data: bytes, path: str = "") -> np.ndarray:
     else:
         tokens = re.sub(rb"#[^\n]*", b" ", data[offset:]).split()
         if len(tokens) < count or not all(token.isdigit() for token in tokens[:count]):
-            raise ValueError(f"{path}: truncated or corrupt plain PNM file (expected {count} decimal samples).")
+            raise DataError(f"{path}: truncated or corrupt plain PNM file (expected {count} decimal samples).")
         values = np.array(tokens[:count]).astype(np.int64)
     if values.max(initial=0) > maxval:
-        raise ValueError(f"{path}: corrupt PNM file (a sample exceeds maxval {maxval}).")
+        raise DataError(f"{path}: corrupt PNM file (a sample exceeds maxval {maxval}).")
     if maxval != 255:
         values = (values * 510 + maxval) // (2 * maxval)  # round(v * 255 / maxval) in integers
     return values.astype(np.uint8).reshape(height, width, channels)
@@ -99,7 +101,7 @@ def file_channels(path: str) -> int:
                 file.seek(2)
                 return _jpeg_channels(file)
     except OSError as error:
-        raise FileNotFoundError(f"{path}: cannot read the file ({error.strerror}).") from None
+        raise MissingFileError(f"{path}: cannot read the file ({error.strerror}).") from None
     return _PNM_CHANNELS.get(head[:2], 3)
 
 
@@ -114,7 +116,7 @@ def decode_file(path: tf.Tensor, channels: int, size: int) -> tf.Tensor:
     Gray images are repeated to RGB and RGB turned gray (ITU-R 601 luma) as asked; alpha is dropped.
     """
     if channels not in (1, 3):
-        raise ValueError(f"decode_file: channels must be 1 or 3, not {channels}.")
+        raise DataError(f"decode_file: channels must be 1 or 3, not {channels}.")
     path = tf.convert_to_tensor(path, tf.string)
     data = tf.io.read_file(path)
     is_pnm = tf.strings.regex_full_match(tf.strings.lower(path), r".*\.(pgm|ppm|pnm)")
@@ -183,9 +185,9 @@ def decode_files(files: np.ndarray, channels: int, size: int, skip_bad: bool) ->
     kept = np.concatenate([b[0] for b in batches]) if batches else np.zeros(0, np.int64)
     bad = np.setdiff1d(indices, kept)
     if len(bad) and not skip_bad:
-        raise ValueError(f"{_failure(files[bad[0]], channels, size)}; fix or remove the file, or {_SKIP_HINT}.")
+        raise DataError(f"{_failure(files[bad[0]], channels, size)}; fix or remove the file, or {_SKIP_HINT}.")
     if len(bad) == len(files) and len(files):
-        raise ValueError(f"none of the {len(files)} files can be decoded, e.g. {_failure(files[0], channels, size)}.")
+        raise DataError(f"none of the {len(files)} files can be decoded, e.g. {_failure(files[0], channels, size)}.")
     if len(bad):
         names = ", ".join(files[bad[:3]]) + (", ..." if len(bad) > 3 else "")
         logging.warning("Skipped %d of %d files that cannot be decoded: %s", len(bad), len(files), names)
@@ -193,7 +195,7 @@ def decode_files(files: np.ndarray, channels: int, size: int, skip_bad: bool) ->
     differ = np.flatnonzero(np.any(shapes != shapes[:1], axis=1))
     if len(differ):
         (h, w, _), (h2, w2, _) = shapes[0], shapes[differ[0]]
-        raise ValueError(
+        raise DataError(
             f"the images differ in size ({files[kept[0]]} is {w}x{h}, {files[kept[differ[0]]]} is {w2}x{h2}) "
             "and config.data.image_size=0 keeps each image's size; set config.data.image_size to resize them."
         )

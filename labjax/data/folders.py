@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from labjax.data.examples import Examples
+from labjax.errors import ConfigError, DataError, MissingFileError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".pgm", ".ppm", ".pnm")
 
@@ -22,7 +23,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".pgm", ".ppm", ".pnm
 def _folder(path: str, key: str) -> Path:
     folder = Path(path).expanduser()
     if not folder.is_dir():
-        raise FileNotFoundError(f"config.data.{key}={path!r}: no such folder; point it at the images.")
+        raise MissingFileError(f"config.data.{key}={path!r}: no such folder; point it at the images.")
     return folder
 
 
@@ -40,7 +41,7 @@ def image_files(folder: Path) -> list[Path]:
 def _class_names_setting(data) -> list[str]:
     names = [name.strip() for name in data.class_names.split(",") if name.strip()]
     if len(set(names)) != len(names):
-        raise ValueError(f"config.data.class_names={data.class_names!r} names a class twice.")
+        raise ConfigError(f"config.data.class_names={data.class_names!r} names a class twice.")
     return names
 
 
@@ -56,13 +57,13 @@ def _from_class_folders(folder: Path, key: str, class_names: list[str], names_fr
     """The images of `folder`/<class>/...; `class_names` fixes the order, or [] for sorted sub-folders."""
     present = sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not present:
-        raise ValueError(
+        raise ConfigError(
             f"config.data.{key}={str(folder)!r} has no class sub-folders; put each class's images in a "
             "sub-folder named after the class, or set config.data.label_pattern to read labels from file names."
         )
     if class_names and sorted(class_names) != present:
         missing, extra = sorted(set(class_names) - set(present)), sorted(set(present) - set(class_names))
-        raise ValueError(
+        raise ConfigError(
             f"config.data.{key}={str(folder)!r} has the class sub-folders {present}, which differ from the "
             f"classes of {names_from} (missing folders: {missing}, folders not named: {extra}); the class "
             "names must name exactly the sub-folders present."
@@ -72,7 +73,7 @@ def _from_class_folders(folder: Path, key: str, class_names: list[str], names_fr
     for label, name in enumerate(class_names):
         found = image_files(folder / name)
         if not found:
-            raise ValueError(
+            raise DataError(
                 f"{folder / name}: the class folder holds no images ({', '.join(IMAGE_SUFFIXES)}); "
                 "add images or remove the folder."
             )
@@ -86,9 +87,9 @@ def _labelled_by_pattern(folder: Path, key: str, data) -> tuple[list[Path], list
     try:
         pattern = re.compile(data.label_pattern)
     except re.error as error:
-        raise ValueError(f"config.data.label_pattern={data.label_pattern!r} is not a valid regex: {error}.") from None
+        raise ConfigError(f"config.data.label_pattern={data.label_pattern!r} is not a valid regex: {error}.") from None
     if "label" not in pattern.groupindex:
-        raise ValueError(
+        raise ConfigError(
             f"config.data.label_pattern={data.label_pattern!r} has no named group 'label'; write the label's "
             "part as (?P<label>...), e.g. '(?P<label>open|sunglasses)'."
         )
@@ -101,7 +102,7 @@ def _labelled_by_pattern(folder: Path, key: str, data) -> tuple[list[Path], list
         else:
             unmatched.append(path)
     if unmatched and not data.skip_bad_files:
-        raise ValueError(
+        raise DataError(
             f"{unmatched[0]}: config.data.label_pattern={data.label_pattern!r} finds no label in the file name "
             f"({len(unmatched)} such files); fix the regex or move the file away, or set "
             "config.data.skip_bad_files=true to skip such files."
@@ -114,7 +115,7 @@ def _labelled_by_pattern(folder: Path, key: str, data) -> tuple[list[Path], list
             unmatched[0],
         )
     if not files:
-        raise ValueError(f"config.data.{key}={str(folder)!r}: no image files whose name the label pattern matches.")
+        raise ConfigError(f"config.data.{key}={str(folder)!r}: no image files whose name the label pattern matches.")
     return files, labels
 
 
@@ -124,7 +125,7 @@ def _from_pattern(folder: Path, key: str, data, class_names: list[str], names_fr
     found = sorted(set(texts))
     if class_names and sorted(class_names) != found:
         missing, extra = sorted(set(class_names) - set(found)), sorted(set(found) - set(class_names))
-        raise ValueError(
+        raise ConfigError(
             f"config.data.{key}={str(folder)!r}: the labels config.data.label_pattern finds are {found}, which "
             f"differ from the classes of {names_from} (not found: {missing}, not named: {extra}); "
             "the class names must name exactly the labels present."

@@ -10,6 +10,7 @@ Both are written as strings so they can be set and swept from the command line:
 import numpy as np
 
 from labjax.data.examples import Examples
+from labjax.errors import ConfigError
 
 
 def _resolve(token: str, class_names: list[str], key: str) -> int:
@@ -18,13 +19,13 @@ def _resolve(token: str, class_names: list[str], key: str) -> int:
     if token.lstrip("-").isdigit():
         index = int(token)
         if not 0 <= index < len(class_names):
-            raise ValueError(
+            raise ConfigError(
                 f"config.data.{key}: class id {index} does not exist; the source has classes 0..{len(class_names) - 1}."
             )
         return index
     if token in class_names:
         return class_names.index(token)
-    raise ValueError(f"config.data.{key}: no class named {token!r}; the source's classes are {class_names}.")
+    raise ConfigError(f"config.data.{key}: no class named {token!r}; the source's classes are {class_names}.")
 
 
 def parse_merge(spec: str, class_names: list[str]) -> tuple[list[str], list[list[int]]]:
@@ -33,14 +34,14 @@ def parse_merge(spec: str, class_names: list[str]) -> tuple[list[str], list[list
     for part in filter(None, (p.strip() for p in spec.split(";"))):
         name, sep, members = part.partition("=")
         if not sep or not name.strip() or not members.strip():
-            raise ValueError(
+            raise ConfigError(
                 f"config.data.merge={spec!r}: {part!r} is not 'name=class,class,...' "
                 "(e.g. 'upper=0,2,3,4,6;lower=1;shoes=5,7,9')."
             )
         ids = [_resolve(token, class_names, "merge") for token in members.split(",") if token.strip()]
         for old in ids:
             if old in seen:
-                raise ValueError(
+                raise ConfigError(
                     f"config.data.merge={spec!r}: class {class_names[old]!r} ({old}) is in both "
                     f"{seen[old]!r} and {name.strip()!r}; name each class once."
                 )
@@ -48,7 +49,7 @@ def parse_merge(spec: str, class_names: list[str]) -> tuple[list[str], list[list
         names.append(name.strip())
         groups.append(ids)
     if len(set(names)) != len(names):
-        raise ValueError(f"config.data.merge={spec!r}: a new class name is used twice.")
+        raise ConfigError(f"config.data.merge={spec!r}: a new class name is used twice.")
     return names, groups
 
 
@@ -58,13 +59,13 @@ def parse_keep(spec: str, class_names: list[str]) -> list[int]:
     if spec.startswith("first:"):
         count = spec.removeprefix("first:").strip()
         if not count.isdigit() or not 1 <= int(count) <= len(class_names):
-            raise ValueError(
+            raise ConfigError(
                 f"config.data.keep={spec!r}: 'first:K' needs 1 <= K <= {len(class_names)} (the source's classes)."
             )
         return list(range(int(count)))
     ids = [_resolve(token, class_names, "keep") for token in spec.split(",") if token.strip()]
     if len(set(ids)) != len(ids):
-        raise ValueError(f"config.data.keep={spec!r}: a class is listed twice.")
+        raise ConfigError(f"config.data.keep={spec!r}: a class is listed twice.")
     return ids
 
 

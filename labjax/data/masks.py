@@ -15,6 +15,7 @@ import tensorflow as tf
 from PIL import Image
 
 from labjax.data.examples import Examples
+from labjax.errors import ConfigError, DataError, MissingFileError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 CLASSES_FILE = "classes.txt"
@@ -33,7 +34,7 @@ def load(data) -> dict[str, Examples]:
     if n == 0:
         return {"train": Examples(labels=masks, class_names=names, images=images)}
     if n >= len(keys):
-        raise ValueError(
+        raise ConfigError(
             f"config.data.train_size={n} leaves no validation pairs: {Path(data.path).expanduser()} holds "
             f"{len(keys)} image/mask pairs; lower config.data.train_size (0 keeps all for a later split)."
         )
@@ -51,9 +52,9 @@ def class_names(data) -> list[str]:
     try:
         names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path}: cannot read the class names ({error}); fix or remove the file.") from None
+        raise DataError(f"{path}: cannot read the class names ({error}); fix or remove the file.") from None
     if len(names) != data.num_classes:
-        raise ValueError(
+        raise DataError(
             f"{path} names {len(names)} classes but config.data.num_classes={data.num_classes}; "
             "make them agree (one name per line, line i = class i)."
         )
@@ -67,7 +68,7 @@ def parse_mask_values(text: str) -> dict[int, int]:
         try:
             raw, class_id = (int(v) for v in item.split(":"))
         except ValueError:
-            raise ValueError(
+            raise ConfigError(
                 f"config.data.mask_values={text!r}: {item!r} is not 'raw:class' (e.g. '0:0,255:1')."
             ) from None
         mapping[raw] = class_id
@@ -88,7 +89,7 @@ def load_mask_folder(config) -> tuple[np.ndarray, np.ndarray, list[str]]:
     unpaired = sorted(set(images) ^ set(masks))
     if unpaired:
         where = [str(images.get(k) or masks.get(k)) for k in unpaired[:5]]
-        raise ValueError(
+        raise DataError(
             f"{len(unpaired)} files have no partner image/mask with the same stem, e.g. {where}; "
             "remove them or set config.data.match_regex to pair differently named files."
         )
@@ -101,18 +102,18 @@ def load_mask_folder(config) -> tuple[np.ndarray, np.ndarray, list[str]]:
             mask = _read_mask(masks[key])
         except ValueError as error:
             if not config.skip_bad_files:
-                raise ValueError(f"{error}; fix or remove the pair, or {_SKIP_HINT}.") from None
+                raise DataError(f"{error}; fix or remove the pair, or {_SKIP_HINT}.") from None
             bad.append(key)
             continue
         if image.shape[:2] != mask.shape:
-            raise ValueError(
+            raise DataError(
                 f"{masks[key]}: mask size {mask.shape[1]}x{mask.shape[0]} differs from its image "
                 f"{images[key]} ({image.shape[1]}x{image.shape[0]}); masks must match their images."
             )
         mask = _to_class_ids(mask, masks[key], config, lookup)
         image, mask = _resize(image, mask, config.image_size)
         if out_images and image.shape != out_images[0].shape:
-            raise ValueError(
+            raise DataError(
                 f"{images[key]} is {image.shape[1]}x{image.shape[0]} but {images[keys[0]]} is "
                 f"{out_images[0].shape[1]}x{out_images[0].shape[0]}, and config.data.image_size=0 keeps each "
                 "image's size; set config.data.image_size to resize them."
@@ -123,7 +124,7 @@ def load_mask_folder(config) -> tuple[np.ndarray, np.ndarray, list[str]]:
     if bad:
         logging.warning("Skipped %d of %d pairs that cannot be decoded: %s", len(bad), len(images), ", ".join(bad[:3]))
     if not keys:
-        raise ValueError(f"{root}: none of the {len(images)} image/mask pairs can be decoded.")
+        raise DataError(f"{root}: none of the {len(images)} image/mask pairs can be decoded.")
     return np.stack(out_images), np.stack(out_masks), keys
 
 
@@ -132,7 +133,7 @@ def _pair_key(stem: str, pattern: re.Pattern | None, path: Path) -> str:
         return stem
     match = pattern.search(stem)
     if not match:
-        raise ValueError(
+        raise DataError(
             f"{path}: the file name does not match config.data.match_regex={pattern.pattern!r}; "
             "fix the regex or remove the file."
         )
@@ -141,7 +142,7 @@ def _pair_key(stem: str, pattern: re.Pattern | None, path: Path) -> str:
 
 def _index(folder: Path, suffixes: tuple[str, ...], pattern: re.Pattern | None) -> dict[str, Path]:
     if not folder.is_dir():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{folder}: no such folder; set config.data.path / image_dir / mask_dir to where the files are."
         )
     files = {}
@@ -149,10 +150,10 @@ def _index(folder: Path, suffixes: tuple[str, ...], pattern: re.Pattern | None) 
         if path.suffix.lower() in suffixes:
             key = _pair_key(path.stem, pattern, path)
             if key in files:
-                raise ValueError(f"{path} and {files[key]} both pair under the key {key!r}.")
+                raise DataError(f"{path} and {files[key]} both pair under the key {key!r}.")
             files[key] = path
     if not files:
-        raise FileNotFoundError(f"{folder}: no files ending in {', '.join(suffixes)}.")
+        raise MissingFileError(f"{folder}: no files ending in {', '.join(suffixes)}.")
     return files
 
 
@@ -160,7 +161,7 @@ def _decode_image(path: Path, channels: int) -> np.ndarray:
     try:
         return tf.io.decode_image(tf.io.read_file(str(path)), channels, expand_animations=False).numpy()
     except tf.errors.OpError as error:
-        raise ValueError(f"{path}: cannot decode the image ({error.message.splitlines()[0]})") from None
+        raise DataError(f"{path}: cannot decode the image ({error.message.splitlines()[0]})") from None
 
 
 def _read_mask(path: Path) -> np.ndarray:
@@ -170,18 +171,18 @@ def _read_mask(path: Path) -> np.ndarray:
             mode = image.mode
             values = np.array(image)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise ValueError(f"{path}: cannot decode the mask ({error})") from None
+        raise DataError(f"{path}: cannot decode the mask ({error})") from None
     if mode in ("LA", "PA", "RGBA"):
         values = values[..., :-1]  # the alpha channel carries no class
     if values.ndim == 3:
         if not all(np.array_equal(values[..., 0], values[..., c]) for c in range(1, values.shape[-1])):
-            raise ValueError(
+            raise DataError(
                 f"{path}: the mask has {values.shape[-1]} differing channels; masks must hold one class "
                 "id per pixel (a grayscale or palette PNG)."
             )
         values = values[..., 0]
     if values.dtype.kind not in "biu":
-        raise ValueError(f"{path}: a mask of mode {mode!r} holds no integer class ids; save it as a gray PNG.")
+        raise DataError(f"{path}: a mask of mode {mode!r} holds no integer class ids; save it as a gray PNG.")
     return values.astype(np.int64)
 
 
@@ -191,13 +192,13 @@ def _class_lookup(config) -> dict[int, int] | None:
     if not mapping:
         return None
     if config.ignore_label in mapping:
-        raise ValueError(
+        raise ConfigError(
             f"config.data.ignore_label={config.ignore_label} is also a raw value in config.data.mask_values="
             f"{config.mask_values!r}; map it to -1 there or drop the ignore label."
         )
     bad = sorted({c for c in mapping.values() if not IGNORED <= c < config.num_classes})
     if bad:
-        raise ValueError(
+        raise ConfigError(
             f"config.data.mask_values={config.mask_values!r} maps to {bad}, not class ids below "
             f"config.data.num_classes={config.num_classes} (or -1 to ignore); fix the mapping."
         )
@@ -210,7 +211,7 @@ def _to_class_ids(mask: np.ndarray, path: Path, config, lookup: dict[int, int] |
     if lookup is not None:
         unknown = [v for v in present if v not in lookup]
         if unknown:
-            raise ValueError(
+            raise DataError(
                 f"{path}: mask values {unknown[:10]} are not in config.data.mask_values="
                 f"{config.mask_values!r}; add them to the mapping."
             )
@@ -218,7 +219,7 @@ def _to_class_ids(mask: np.ndarray, path: Path, config, lookup: dict[int, int] |
         lookup = {v: v for v in present if 0 <= v < config.num_classes} | {config.ignore_label: IGNORED}
         unknown = [v for v in present if v not in lookup]
         if unknown:
-            raise ValueError(
+            raise DataError(
                 f"{path}: mask values {unknown[:10]} are not class ids below config.data.num_classes="
                 f"{config.num_classes} (nor config.data.ignore_label={config.ignore_label}); raise num_classes, "
                 "map them with config.data.mask_values or set config.data.ignore_label."

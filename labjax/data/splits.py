@@ -9,6 +9,7 @@ segmentation examples have no single class, so they are split by a plain permuta
 import numpy as np
 
 from labjax.data.examples import Examples
+from labjax.errors import ConfigError, DataError
 
 SPLIT_NAMES = ("train", "validation", "test")
 _RESPLIT, _CARVE, _FOLDS, _OVERSAMPLE, _COPIES = 1, 2, 3, 4, 5  # rng stream ids
@@ -25,13 +26,13 @@ def parse_fractions(spec: str) -> dict[str, float]:
         except ValueError:
             fraction = -1.0
         if name not in SPLIT_NAMES or not 0 < fraction < 1 or name in fractions:
-            raise ValueError(
+            raise ConfigError(
                 f"config.data.split_fractions={spec!r}: {part!r} is not 'name=fraction' with a name among "
                 f"{SPLIT_NAMES} (each once) and 0 < fraction < 1."
             )
         fractions[name] = fraction
     if abs(sum(fractions.values()) - 1) > 1e-6 or "train" not in fractions:
-        raise ValueError(
+        raise ConfigError(
             f"config.data.split_fractions={spec!r}: needs a train fraction and fractions that sum to 1 "
             "(e.g. 'train=0.7,validation=0.15,test=0.15')."
         )
@@ -88,7 +89,7 @@ def make_splits(source: dict[str, Examples], data, seed: int) -> dict[str, Examp
         splits = {name: pooled.take(idx) for name, idx in indices.items()}
     if data.val_fraction:
         if "validation" in splits:
-            raise ValueError(
+            raise ConfigError(
                 f"config.data.val_fraction={data.val_fraction}: there is already a validation split (from the "
                 "source or config.data.split_fractions); set val_fraction=0 to use it."
             )
@@ -103,14 +104,14 @@ def make_splits(source: dict[str, Examples], data, seed: int) -> dict[str, Examp
         rest = np.setdiff1d(np.arange(len(pool)), held_out)
         splits["train"], splits["validation"] = pool.take(rest), pool.take(held_out)
     if "train" not in splits or "validation" not in splits:
-        raise ValueError(
+        raise ConfigError(
             f"config.data.source={data.source!r} gives the splits {sorted(splits)}, but training needs train and "
             "validation: set config.data.val_fraction (e.g. 0.2) to carve validation out of train, "
             "config.data.split_fractions to re-split, or config.data.folds for cross-validation."
         )
     for name, examples in splits.items():
         if len(examples) == 0:
-            raise ValueError(f"the {name} split is empty; check config.data.split_fractions / val_fraction / folds.")
+            raise DataError(f"the {name} split is empty; check config.data.split_fractions / val_fraction / folds.")
     return splits
 
 

@@ -33,6 +33,8 @@ import math
 
 import numpy as np
 
+from labjax.errors import ConfigError, DataError
+
 __all__ = [
     "MAX_CLASSIFICATION_CLASSES",
     "MAX_NUM_CLASSES",
@@ -101,7 +103,7 @@ def segmentation_class_names(num_classes: int) -> list[str]:
 
 def _check_num_classes(num_classes: int) -> None:
     if not 2 <= num_classes <= MAX_NUM_CLASSES:
-        raise ValueError(f"num_classes must be in [2, {MAX_NUM_CLASSES}], got {num_classes}")
+        raise DataError(f"num_classes must be in [2, {MAX_NUM_CLASSES}], got {num_classes}")
 
 
 def _parse_size(size: int | tuple[int, int]) -> tuple[int, int]:
@@ -110,7 +112,7 @@ def _parse_size(size: int | tuple[int, int]) -> tuple[int, int]:
     else:
         h, w = (int(s) for s in size)
     if min(h, w) < _MIN_SIZE:
-        raise ValueError(f"size must be >= {_MIN_SIZE} in both dimensions, got {(h, w)}")
+        raise DataError(f"size must be >= {_MIN_SIZE} in both dimensions, got {(h, w)}")
     return h, w
 
 
@@ -464,7 +466,7 @@ def classification_class_names(num_classes: int) -> list[str]:
 
 def _check_classification_classes(num_classes: int) -> None:
     if not 2 <= num_classes <= MAX_CLASSIFICATION_CLASSES:
-        raise ValueError(
+        raise ConfigError(
             f"num_classes={num_classes}: the synthetic classification set has 2 to {MAX_CLASSIFICATION_CLASSES} "
             "classes (one per (shape, texture) pair); set config.data.num_classes in that range."
         )
@@ -626,7 +628,7 @@ def make_classification_arrays(
     _check_classification_classes(num_classes)
     h, w = _parse_classification_size(size)
     if channels not in (1, 3):
-        raise ValueError(f"channels={channels}: the synthetic classification set has 1 (gray) or 3 (RGB) channels.")
+        raise ConfigError(f"channels={channels}: the synthetic classification set has 1 (gray) or 3 (RGB) channels.")
     labels = ((start + np.arange(count)) % num_classes).astype(np.int32)
     images = np.empty((count, h, w, 3), np.uint8)
     for j, label in enumerate(labels):
@@ -644,7 +646,7 @@ def _parse_classification_size(size: int | tuple[int, int]) -> tuple[int, int]:
     else:
         h, w = (int(s) for s in size)
     if min(h, w) < _CLASSIFICATION_MIN_SIZE:
-        raise ValueError(
+        raise ConfigError(
             f"size={size}: synthetic classification images need at least {_CLASSIFICATION_MIN_SIZE} pixels "
             "per side; set config.data.image_size to 8 or more."
         )

@@ -11,24 +11,25 @@ import tensorflow_datasets as tfds
 
 from labjax.data.examples import Examples
 from labjax.data.masks import parse_mask_values
+from labjax.errors import ConfigError, DataError, MissingFileError
 
 SPLIT_NAMES = ("train", "validation", "test")
 
 
 def _builder(data) -> tfds.core.DatasetBuilder:
     if not data.name:
-        raise ValueError("config.data.name is empty; set it to a TFDS name such as 'mnist' or 'cifar100:3.0.2'.")
+        raise ConfigError("config.data.name is empty; set it to a TFDS name such as 'mnist' or 'cifar100:3.0.2'.")
     try:
         builder = tfds.builder(data.name, data_dir=data.data_dir or None)
     except (tfds.core.registered.DatasetNotFoundError, ValueError, AssertionError) as error:
-        raise ValueError(
+        raise ConfigError(
             f"config.data.name={data.name!r} (config.data.data_dir={data.data_dir!r}): no such TFDS data set or "
             f"version ({str(error).splitlines()[0]})."
         ) from None
     if data.download:
         builder.download_and_prepare()
     elif not builder.is_prepared():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"The TFDS data set config.data.name={data.name!r} is not prepared in config.data.data_dir="
             f"{data.data_dir!r} (looked in {builder.data_dir}); set config.data.download=true on a machine with "
             "internet, or point config.data.data_dir at a prepared copy."
@@ -42,7 +43,7 @@ def _splits(data, builder: tfds.core.DatasetBuilder) -> dict[str, str]:
     if not data.tfds_splits:
         chosen = {name: name for name in SPLIT_NAMES if name in available}
         if not chosen:
-            raise ValueError(
+            raise ConfigError(
                 f"config.data.name={data.name!r} has the splits {available}, none named {list(SPLIT_NAMES)}; set "
                 "config.data.tfds_splits, e.g. 'train=train[:80%],validation=train[80%:]'."
             )
@@ -51,7 +52,7 @@ def _splits(data, builder: tfds.core.DatasetBuilder) -> dict[str, str]:
     for item in filter(None, (part.strip() for part in data.tfds_splits.split(","))):
         name, sep, spec = (text.strip() for text in item.partition("="))
         if not sep or not spec or name not in SPLIT_NAMES or name in chosen:
-            raise ValueError(
+            raise ConfigError(
                 f"config.data.tfds_splits={data.tfds_splits!r}: {item!r} is not 'name=tfds_split' with a new name "
                 f"among {list(SPLIT_NAMES)} (e.g. 'train=train[:80%],validation=train[80%:],test=test')."
             )
@@ -64,7 +65,7 @@ def _label_kind(data, features) -> str:
     for key in (data.image_key, data.label_key):
         if key not in features:
             which = "image_key" if key == data.image_key else "label_key"
-            raise ValueError(
+            raise ConfigError(
                 f"config.data.{which}={key!r} is not a feature of {data.name!r}; its features are {sorted(features)}."
             )
     label = features[data.label_key]
@@ -72,7 +73,7 @@ def _label_kind(data, features) -> str:
         return "mask"
     if len(label.shape) == 0 and np.issubdtype(np.dtype(label.np_dtype), np.integer):
         return "class"
-    raise ValueError(
+    raise ConfigError(
         f"config.data.label_key={data.label_key!r} is a {type(label).__name__} of shape {label.shape}; it must be "
         "a class id (ClassLabel or integer) or a segmentation mask image."
     )
@@ -95,12 +96,12 @@ def _read(builder: tfds.core.DatasetBuilder, spec: str, data, mask: bool) -> tup
     try:
         ds = builder.as_dataset(split=spec, shuffle_files=False).map(select, num_parallel_calls=tf.data.AUTOTUNE)
     except (ValueError, KeyError, AssertionError) as error:
-        raise ValueError(
+        raise ConfigError(
             f"config.data.tfds_splits: {spec!r} is not a split of {data.name!r} (its splits: "
             f"{list(builder.info.splits)}): {str(error).splitlines()[0]}"
         ) from None
     if not ds.cardinality():
-        raise ValueError(f"config.data.tfds_splits: the split {spec!r} of {data.name!r} is empty.")
+        raise ConfigError(f"config.data.tfds_splits: the split {spec!r} of {data.name!r} is empty.")
     if all(s.shape.is_fully_defined() for s in ds.element_spec):
         batches = list(ds.batch(1024).prefetch(2).as_numpy_iterator())
         images = np.concatenate([b[0] for b in batches])
@@ -110,7 +111,7 @@ def _read(builder: tfds.core.DatasetBuilder, spec: str, data, mask: bool) -> tup
         for what, index in (("images", 0), ("masks", 1)):
             shapes = sorted({p[index].shape for p in pairs})
             if len(shapes) > 1:
-                raise ValueError(
+                raise DataError(
                     f"The {what} of {data.name!r} split {spec!r} differ in size (e.g. {shapes[:3]}); set "
                     "config.data.image_size to resize them."
                 )
@@ -118,7 +119,7 @@ def _read(builder: tfds.core.DatasetBuilder, spec: str, data, mask: bool) -> tup
     if mask:
         labels = labels[..., 0]
         if labels.shape[1:] != images.shape[1:3]:
-            raise ValueError(
+            raise DataError(
                 f"The masks of {data.name!r} ({labels.shape[1:]}) differ in size from its images ({images.shape[1:3]})."
             )
     return images, labels.astype(np.int64)
@@ -131,7 +132,7 @@ def _class_ids(masks: np.ndarray, data) -> np.ndarray:
         return masks
     unknown = sorted(set(np.unique(masks).tolist()) - set(mapping) - {data.ignore_label})
     if unknown:
-        raise ValueError(
+        raise DataError(
             f"mask values {unknown[:10]} of {data.name!r} are not in config.data.mask_values={data.mask_values!r}; "
             "add them to the mapping."
         )
@@ -150,13 +151,13 @@ def _class_names(data, label_feature, labels: list[np.ndarray]) -> list[str]:
     if data.class_names:
         given = [name.strip() for name in data.class_names.split(",")]
         if len(given) != len(names):
-            raise ValueError(
+            raise ConfigError(
                 f"config.data.class_names gives {len(given)} names for the {len(names)} classes of {data.name!r}; "
                 "give one name per class in label order, or leave it empty."
             )
         names = given
     if num > len(names):
-        raise ValueError(f"{data.name!r} has labels up to {num - 1} but only {len(names)} class names.")
+        raise DataError(f"{data.name!r} has labels up to {num - 1} but only {len(names)} class names.")
     return names
 
 

@@ -10,13 +10,14 @@ from pathlib import Path
 import numpy as np
 
 from labjax.data.examples import Examples
+from labjax.errors import ConfigError, DataError, MissingFileError
 
 
 def _lines(path: Path) -> list[str]:
     try:
         return [line.rstrip("\r\n") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     except OSError as error:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{path}: cannot read the file ({error.strerror}); config.data.path must be the tiny-imagenet-200 "
             "folder (wnids.txt, words.txt, train/, val/)."
         ) from None
@@ -41,7 +42,7 @@ def load(data) -> dict[str, Examples]:
     """{"train", "validation"} as file paths, with readable class names."""
     root = Path(data.path).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"config.data.path={data.path!r}: no such folder; point it at tiny-imagenet-200.")
+        raise MissingFileError(f"config.data.path={data.path!r}: no such folder; point it at tiny-imagenet-200.")
     wnids = sorted({wnid.strip() for wnid in _lines(root / "wnids.txt")})
     class_names = _readable_names(root, wnids)
     index = {wnid: i for i, wnid in enumerate(wnids)}
@@ -49,10 +50,10 @@ def load(data) -> dict[str, Examples]:
     for wnid in wnids:
         folder = root / "train" / wnid / "images"
         if not folder.is_dir():
-            raise FileNotFoundError(f"{folder}: no such folder, but {wnid} is listed in {root / 'wnids.txt'}.")
+            raise MissingFileError(f"{folder}: no such folder, but {wnid} is listed in {root / 'wnids.txt'}.")
         found = _jpegs(folder)
         if not found:
-            raise ValueError(f"{folder}: no JPEG images for class {wnid}.")
+            raise DataError(f"{folder}: no JPEG images for class {wnid}.")
         train_files += found
         train_labels += [index[wnid]] * len(found)
     annotations = root / "val" / "val_annotations.txt"
@@ -60,21 +61,21 @@ def load(data) -> dict[str, Examples]:
     for number, line in enumerate(_lines(annotations), 1):
         fields = line.split("\t")
         if len(fields) < 2:
-            raise ValueError(f"{annotations}, line {number}: expected 'file<TAB>wnid<TAB>box', found {line!r}.")
+            raise DataError(f"{annotations}, line {number}: expected 'file<TAB>wnid<TAB>box', found {line!r}.")
         name, wnid = fields[0].strip(), fields[1].strip()
         if wnid not in index:
-            raise ValueError(
+            raise DataError(
                 f"{annotations}, line {number}: {name} is labelled {wnid!r}, which is not in {root / 'wnids.txt'}."
             )
         path = root / "val" / "images" / name
         if not path.is_file():
-            raise FileNotFoundError(f"{annotations}, line {number}: the image {path} does not exist.")
+            raise MissingFileError(f"{annotations}, line {number}: the image {path} does not exist.")
         val_files.append(path)
         val_labels.append(index[wnid])
     if data.class_names:
         names = [name.strip() for name in data.class_names.split(",")]
         if len(names) != len(wnids):
-            raise ValueError(
+            raise ConfigError(
                 f"config.data.class_names gives {len(names)} names for the {len(wnids)} classes of wnids.txt; "
                 "give one name per class in sorted wnid order, or leave it empty."
             )

@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from labjax.errors import ConfigError
 from labjax.models.layers import Conv, Padding, max_pool
 
 glorot = nn.initializers.glorot_uniform()  # Keras' default for Conv2D and Dense
@@ -102,7 +103,7 @@ class InceptionV3(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         if min(x.shape[1:3]) < MIN_SIZE["inceptionv3"]:
-            raise ValueError(f"InceptionV3 needs inputs of at least 75x75 pixels, got {x.shape[1:3]}.")
+            raise ConfigError(f"InceptionV3 needs inputs of at least 75x75 pixels, got {x.shape[1:3]}.")
         unit_numbers = itertools.count(1)
 
         def conv_bn(
@@ -156,7 +157,7 @@ def rename_keras_layers(layers: dict[str, list]) -> dict[str, list]:
     renamed = {}
     for prefix, entries in counters.items():
         if len(entries) != NUM_UNITS:
-            raise ValueError(f"InceptionV3 has {NUM_UNITS} {prefix} layers; these Keras layers have {len(entries)}.")
+            raise ConfigError(f"InceptionV3 has {NUM_UNITS} {prefix} layers; these Keras layers have {len(entries)}.")
         renamed |= {name: f"{prefix}_{rank}" for rank, (_, name) in enumerate(sorted(entries), start=1)}
     return {renamed.get(name, name): arrays for name, arrays in layers.items()}
 

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from labjax.errors import ConfigError
 from labjax.models.layers import Conv, DepthwiseConv
 
 # (expansion, output filters, stride) for block ids 0..16, as in Keras.
@@ -162,7 +163,9 @@ _BASE = "https://storage.googleapis.com/tensorflow/keras-applications/mobilenet_
 def weights_url(alpha: float, size: int, include_top: bool) -> str:
     """URL of Keras' ImageNet file for this width and input side (Keras' naming; other sides get 224's)."""
     if alpha not in KERAS_ALPHAS:
-        raise ValueError(f"config.model.alpha={alpha}: MobileNetV2 ImageNet weights exist for alpha in {KERAS_ALPHAS}.")
+        raise ConfigError(
+            f"config.model.alpha={alpha}: MobileNetV2 ImageNet weights exist for alpha in {KERAS_ALPHAS}."
+        )
     rows = size if size in KERAS_SIZES else 224
     stem = f"{_BASE}mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{float(alpha)}_{rows}"
     return f"{stem}.h5" if include_top else f"{stem}_no_top.h5"

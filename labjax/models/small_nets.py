@@ -22,6 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from labjax.errors import ConfigError
 from labjax.models.layers import Conv, Padding, max_pool
 
 glorot = nn.initializers.glorot_uniform()  # Keras' default kernel initialiser (biases: zeros)
@@ -192,7 +193,7 @@ def parse_layers(spec: str) -> tuple[LayerSpec, ...]:
     spec = S2_PRESETS.get(spec, spec)
     pieces = [piece.strip() for piece in spec.split("|")]
     if not spec.strip() or any(not piece for piece in pieces):
-        raise ValueError(f"{_FIELD}={spec!r}: empty op; give ops separated by '|'. Valid ops: {VALID_OPS}.")
+        raise ConfigError(f"{_FIELD}={spec!r}: empty op; give ops separated by '|'. Valid ops: {VALID_OPS}.")
     counts: dict[str, int] = {}
     layers, flat = [], False
     for piece in pieces:
@@ -242,7 +243,7 @@ def _fits(x: jax.Array, window: tuple[int, int], strides: tuple[int, int], paddi
     mode = padding.lower() if isinstance(padding, str) else "valid"
     out = [_out_size(n + sum(p), k, s, mode) for n, k, s, p in zip(x.shape[1:3], window, strides, pads)]
     if min(out) < 1:
-        raise ValueError(f"{where}: its {x.shape[1]}x{x.shape[2]} input is too small (output {out[0]}x{out[1]}).")
+        raise ConfigError(f"{where}: its {x.shape[1]}x{x.shape[2]} input is too small (output {out[0]}x{out[1]}).")
 
 
 def _pool(x: jax.Array, kind: str, window: tuple[int, int], strides: tuple[int, int], padding: str) -> jax.Array:

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from labjax.errors import CheckpointError, ConfigError, MissingFileError
+
 CANONICAL_ORDER = ("kernel", "depthwise_kernel", "pointwise_kernel", "scale", "bias", "mean", "var", "count")
 
 
@@ -38,20 +40,20 @@ def read_h5(path: str | Path) -> dict[str, list[np.ndarray]]:
 
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such weights file; set config.model.pretrained to a Keras .h5 file.")
+        raise MissingFileError(f"{path}: no such weights file; set config.model.pretrained to a Keras .h5 file.")
     try:
         file = h5py.File(path, "r")
     except OSError as error:
-        raise ValueError(f"{path}: not a readable HDF5 file ({error}); is it a Keras weights file?") from None
+        raise CheckpointError(f"{path}: not a readable HDF5 file ({error}); is it a Keras weights file?") from None
     with file:
         root = file["model_weights"] if "model_weights" in file else file
         if "layer_names" not in root.attrs:
             if "layers" in root and "vars" in root:
-                raise ValueError(
+                raise CheckpointError(
                     f"{path}: a Keras 3 '.weights.h5' file, whose layers are stored by position, not by name; "
                     "read it with labjax.weights.via_keras.read (what config.model.pretrained=PATH does)."
                 )
-            raise ValueError(f"{path}: not a Keras HDF5 weights file (no 'layer_names').")
+            raise CheckpointError(f"{path}: not a Keras HDF5 weights file (no 'layer_names').")
         layers = {}
         for raw_name in root.attrs["layer_names"]:
             name = raw_name.decode() if isinstance(raw_name, bytes) else str(raw_name)
@@ -74,7 +76,7 @@ def _modules(variables: dict) -> dict[str, list[tuple[tuple[str, ...], str]]]:
             else:
                 module = path[-1]
                 if owners.setdefault(module, path[1:]) != path[1:]:
-                    raise ValueError(f"two modules are named {module!r} ({owners[module]} and {path[1:]}).")
+                    raise CheckpointError(f"two modules are named {module!r} ({owners[module]} and {path[1:]}).")
                 modules.setdefault(module, []).append((path + (key,), key))
 
     walk(variables, ())
@@ -96,7 +98,7 @@ def _converted(array: np.ndarray, target_shape: tuple, where: str) -> np.ndarray
     if array.ndim == 4 and len(target_shape) == 4 and target_shape[2] == 1 and array.shape[:2] == target_shape[:2]:
         if array.shape[2] * array.shape[3] == target_shape[3]:
             return array.reshape(target_shape)
-    raise ValueError(f"{where}: Keras shape {array.shape} does not fit the model's {tuple(target_shape)}.")
+    raise ConfigError(f"{where}: Keras shape {array.shape} does not fit the model's {tuple(target_shape)}.")
 
 
 def assign(
@@ -125,7 +127,7 @@ def assign(
             continue
         entries = modules[name]
         if len(entries) != len(arrays):
-            raise ValueError(
+            raise ConfigError(
                 f"{source}: layer {keras_name!r} has {len(arrays)} tensors but the model's {name!r} has "
                 f"{len(entries)} ({[leaf for _, leaf in entries]}); the file is for another architecture."
             )
@@ -135,13 +137,13 @@ def assign(
             _get(result, path[:-1])[path[-1]] = _converted(np.asarray(array), target.shape, where).astype(target.dtype)
         used.add(name)
     if leftover:
-        raise ValueError(
+        raise ConfigError(
             f"{source}: {len(leftover)} Keras layers have no counterpart in the model, e.g. {leftover[:5]}; "
             "the file is for another architecture (or model.include_top differs)."
         )
     missing = sorted(set(modules) - used - new)
     if missing:
-        raise ValueError(
+        raise ConfigError(
             f"{source}: no weights for {len(missing)} model layers, e.g. {missing[:5]}; "
             "the file is for another architecture (or a no-top file for a model with its original top)."
         )

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from labjax.errors import CheckpointError, ConfigError, MissingFileError
 from labjax.weights import keras as keras_weights
 from labjax.weights import via_keras
 
@@ -47,13 +48,13 @@ def download(url: str, file_hash: str | None) -> Path:
                 shutil.copyfileobj(response, tmp)
         except OSError as error:
             Path(tmp.name).unlink(missing_ok=True)
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"cannot download {url} ({error}); on a machine without internet, fetch that file elsewhere and set "
                 f"config.model.pretrained=/path/to/{target.name} (or put it in {target.parent})."
             ) from None
     if not _hash_ok(Path(tmp.name), file_hash):
         Path(tmp.name).unlink()
-        raise ValueError(f"{url}: the downloaded file's hash is not {file_hash}; try again.")
+        raise CheckpointError(f"{url}: the downloaded file's hash is not {file_hash}; try again.")
     Path(tmp.name).replace(target)
     return target
 
@@ -67,7 +68,7 @@ def weights_file(model_config, info, input_size: int) -> Path:
         weights = weights(model_config, input_size)
     key = "top" if model_config.head == "original" else "notop"
     if not weights or not weights.get(key):
-        raise ValueError(
+        raise ConfigError(
             f"config.model.pretrained='imagenet': no ImageNet weights exist for model {model_config.name!r}"
             f"{' with its original top' if key == 'top' else ''}; use pretrained=none or a weights file."
         )
@@ -112,10 +113,10 @@ def merge_from_run(variables: dict, restored: dict, head: tuple[str, ...], keep_
         if isinstance(fresh, dict):
             if not isinstance(old, dict) or set(fresh) - set(old):
                 missing = sorted(set(fresh) - set(old or {}))[:5]
-                raise ValueError(f"{source}: no {missing} under {'/'.join(path)}; it was trained with another model.")
+                raise ConfigError(f"{source}: no {missing} under {'/'.join(path)}; it was trained with another model.")
             return {key: merge(value, old[key], path + (key,)) for key, value in fresh.items()}
         if np.shape(old) != np.shape(fresh):
-            raise ValueError(
+            raise ConfigError(
                 f"{source}: {'/'.join(path)} has shape {np.shape(old)} there but {np.shape(fresh)} here; init_from "
                 "needs the same model (config.model.init_head=false starts a new head for another class count)."
             )

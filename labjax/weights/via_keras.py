@@ -23,6 +23,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from labjax.errors import CheckpointError, ConfigError
 from labjax.weights.keras import flax_name, layers_from_model
 
 BY_ORDER = ("xception", "inceptionv3")  # families with unnamed layers: legacy files are read by order
@@ -59,7 +60,7 @@ def read(path: str | Path, model_config, input_size: int) -> dict[str, list[np.n
     if keras3:
         leftover = _keras3_groups(path) - set(_keras3_paths(model))
         if leftover:
-            raise ValueError(
+            raise CheckpointError(
                 f"{path}: {len(leftover)} layers of the file have no place in the model {model_config.name!r} "
                 f"(include_top={include_top}), e.g. {sorted(leftover)[:5]}; the file is for another architecture."
             )
@@ -68,7 +69,7 @@ def read(path: str | Path, model_config, input_size: int) -> dict[str, list[np.n
             model.load_weights(keras_path)
         except ValueError as error:
             reason = " ".join(line for line in str(error).splitlines()[:3] if line)  # Keras' count and first error
-            raise ValueError(
+            raise CheckpointError(
                 f"{path}: Keras cannot load it into {model_config.name!r} (include_top={include_top}, "
                 f"{input_size}x{input_size} input): {reason} The file is for another architecture."
             ) from None
@@ -102,7 +103,7 @@ def _application(keras, model_config, input_size: int, include_top: bool, classe
     """The keras.applications model of the configured family, with weights=None."""
     builder = _builder(keras, model_config.name)
     if not builder:
-        raise ValueError(
+        raise ConfigError(
             f"config.model.pretrained={model_config.pretrained!r}: a Keras 3 file is read through its "
             f"keras.applications model, and model {model_config.name!r} has none; use a Keras HDF5 (.h5) file."
         )
@@ -136,7 +137,7 @@ def _legacy_top(path: Path) -> tuple[bool, int]:
     try:
         file = h5py.File(path, "r")
     except OSError as error:
-        raise ValueError(f"{path}: not a readable HDF5 file ({error}); is it a Keras weights file?") from None
+        raise CheckpointError(f"{path}: not a readable HDF5 file ({error}); is it a Keras weights file?") from None
     with file:
         root = file["model_weights"] if "model_weights" in file else file
         names = [n.decode() if isinstance(n, bytes) else str(n) for n in root.attrs.get("layer_names", [])]
@@ -145,7 +146,7 @@ def _legacy_top(path: Path) -> tuple[bool, int]:
             if len(weight_names):
                 kernel = root[name][weight_names[0]]
                 return (True, int(kernel.shape[-1])) if kernel.ndim == 2 else (False, 0)
-    raise ValueError(f"{path}: not a Keras HDF5 weights file (no layers with weights).")
+    raise CheckpointError(f"{path}: not a Keras HDF5 weights file (no layers with weights).")
 
 
 def _keras3_groups(path: Path) -> set[str]:
