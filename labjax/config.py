@@ -200,7 +200,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     data, opt, model = config.data, config.optimizer, config.model
     _validate_data(data, config.task)
     _check(model.name in MODELS, "model.name", model.name, f"one of {sorted(MODELS)}")
-    _validate_model(model, MODELS[model.name])
+    info = MODELS[model.name]
+    _check(info.task == config.task, "model.name", model.name, f"a {config.task} model ({model.name} is a {info.task} one)")
+    _validate_model(model, info)
     if data.image_size and not data.preprocess:
         smallest, divisor = input_rule(model)
         _check(
