@@ -36,9 +36,6 @@ EVAL_OVERRIDES = (
     "data.skip_bad_files",
     "data.class_names",
 )
-CLASSIFICATION_SCALARS = ("top5", "balanced_accuracy", "macro_f1", "weighted_f1")
-BINARY_SCALARS = ("tpr", "tnr", "fpr", "fnr", "precision", "f1", "roc_auc")
-SEGMENTATION_SCALARS = ("pixel_accuracy", "mean_class_accuracy", "miou", "fwiou", "mean_dice")
 MAX_CLASS_ROWS = 20  # the printed table; the JSON has every class
 
 
@@ -264,22 +261,25 @@ def evaluate_variables(session: Session, eval_step, variables: dict, split: str,
     if session.segmentation:
         result.update(metrics.segmentation_metrics(confusion, names))
         result["accuracy"] = result["pixel_accuracy"]
-        return result, predictions
-    result.update(metrics.classification_metrics(confusion, names))
-    if data.num_classes > tasks.TOP_K:
-        result["top5"] = float(computed["top5"])
+    else:
+        result.update(metrics.classification_metrics(confusion, names))
+    for name, value in tasks.eval_summary(config.task, computed).items():  # what training logs, e.g. top5
+        result.setdefault(name, value)
     if binary:
         positive = metrics.resolve_positive_class(config.get("eval_positive_class", ""), names)
         result["positive_class"] = names[positive]
         result.update(
             metrics.binary_metrics(confusion, positive, computed["probabilities"][:, positive], computed["labels"])
         )
-    return result, None
+    return result, predictions if session.segmentation else None
 
 
 def scalars(result: dict) -> dict:
     """The one-number metrics of a result (a row of the per-checkpoint table)."""
-    keys = ("step", "epoch", "loss", "accuracy", *CLASSIFICATION_SCALARS, *BINARY_SCALARS, *SEGMENTATION_SCALARS)
+    logged = [name for metrics_of_task in tasks.EPOCH_METRICS.values() for name in metrics_of_task]
+    keys = dict.fromkeys(
+        ("step", "epoch", "loss", *(k for names in tasks.EVAL_SCALARS.values() for k in names), *logged)
+    )
     row = {key: result[key] for key in keys if key in result}
     if "pixel_accuracy" in row:
         del row["accuracy"]  # the same number
