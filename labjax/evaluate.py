@@ -68,38 +68,15 @@ def load_run_config(workdir: Path) -> ml_collections.ConfigDict:
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
     """Applies '--config.KEY=VALUE' strings to a run's saved config; refuses keys evaluation may not change."""
-    for text in overrides:
-        flag, equals, value = text.partition("=")
-        key = flag.removeprefix("--").removeprefix("config.")
-        if not equals:
-            raise config_lib.ConfigError(f"{flag}: write overrides as --config.KEY=VALUE.")
-        if key not in EVAL_OVERRIDES:
-            raise config_lib.ConfigError(
-                f"{flag}: evaluation and prediction use the run's saved config, and {key} defines what was "
-                f"trained, so it cannot change here; only {', '.join(EVAL_OVERRIDES)} can (train a new run to "
-                f"change {key})."
-            )
-        parent, _, leaf = key.rpartition(".")
-        node = config[parent] if parent else config
-        node[leaf] = _parse_value(value, node.get(leaf), flag)
+    config_lib.apply_overrides(
+        config,
+        overrides,
+        allowed=EVAL_OVERRIDES,
+        source="evaluation and prediction use the run's saved config, where every other key defines what was "
+        "trained; train a new run to change it",
+    )
     if config.eval_batch_size <= 0:
         raise config_lib.ConfigError(f"config.eval_batch_size={config.eval_batch_size} is invalid: expected > 0.")
-
-
-def _parse_value(text: str, current, flag: str):
-    """The override's value in the type of the saved value (a string for a key the run did not have)."""
-    try:
-        if isinstance(current, bool):
-            if text.lower() not in ("true", "false", "1", "0"):
-                raise ValueError
-            return text.lower() in ("true", "1")
-        if isinstance(current, int):
-            return int(text)
-        if isinstance(current, float):
-            return float(text)
-    except ValueError:
-        raise config_lib.ConfigError(f"{flag}={text!r}: expected a {type(current).__name__}.") from None
-    return text
 
 
 @dataclasses.dataclass
