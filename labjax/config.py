@@ -315,7 +315,7 @@ def _validate_data(data: ml_collections.ConfigDict, task: str) -> None:
     """Checks of config.data that need no files; the sources check what they read."""
     from labjax.data import augment, pipeline
 
-    _check(data.source in pipeline.SOURCES, "data.source", data.source, f"one of {pipeline.SOURCES}")
+    _check(data.source in pipeline.SOURCES, "data.source", data.source, f"one of {tuple(pipeline.SOURCES)}")
     if data.source == "synthetic":
         _check(data.image_size > 0, "data.image_size", data.image_size, "an image size > 0 for synthetic data")
         _check(data.train_size > 0, "data.train_size", data.train_size, "a number of examples > 0")
