@@ -36,11 +36,11 @@ Other axes are plain flags: --config.model.dropout, --config.early_stopping.pati
 import ml_collections
 
 from labjax.config import base_config, parse_arg
-from labjax.models import MODELS
+from labjax.models import CLASSIFICATION, MODELS, task_of
 
 ARGS = ("tfds", "smoke")
 KEYS = ("model", "size", "classes", "freeze", "path")
-MODEL_NAMES = tuple(sorted(name for name in MODELS if not name.endswith("_unet")))  # the classifiers
+MODEL_NAMES = tuple(sorted(name for name in MODELS if task_of(name) == CLASSIFICATION))
 DEFAULT_MODEL = "densenet201"
 # The TensorFlow CNN tutorial's model for CIFAR: S3's "simple CNN".
 SIMPLE_CNN = (

@@ -1,10 +1,16 @@
 """Validation of a config: every user mistake becomes one clear message before any work."""
 
+import ast
+import difflib
 import json
 import re
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import jax
 import ml_collections
+from absl import flags as absl_flags
+from ml_collections.config_flags import config_path, tuple_parser
 
 from labjax import optim
 from labjax.errors import ConfigError  # noqa: F401 - config_lib.ConfigError is where callers look
@@ -199,7 +205,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     data, opt, model = config.data, config.optimizer, config.model
     _validate_data(data, config.task)
     _check(model.name in MODELS, "model.name", model.name, f"one of {sorted(MODELS)}")
-    _validate_model(model, MODELS[model.name])
+    info = MODELS[model.name]
+    _check(
+        info.task == config.task, "model.name", model.name, f"a {config.task} model ({model.name} is a {info.task} one)"
+    )
+    _validate_model(model, info)
     if data.image_size and not data.preprocess:
         smallest, divisor = input_rule(model)
         _check(
@@ -307,7 +317,7 @@ def _validate_data(data: ml_collections.ConfigDict, task: str) -> None:
     """Checks of config.data that need no files; the sources check what they read."""
     from labjax.data import augment, pipeline
 
-    _check(data.source in pipeline.SOURCES, "data.source", data.source, f"one of {pipeline.SOURCES}")
+    _check(data.source in pipeline.SOURCES, "data.source", data.source, f"one of {tuple(pipeline.SOURCES)}")
     if data.source == "synthetic":
         _check(data.image_size > 0, "data.image_size", data.image_size, "an image size > 0 for synthetic data")
         _check(data.train_size > 0, "data.train_size", data.train_size, "a number of examples > 0")
@@ -336,6 +346,77 @@ def _validate_data(data: ml_collections.ConfigDict, task: str) -> None:
         _check(data[key] >= 0, f"data.{key}", data[key], "an alpha >= 0 (0: off)")
         if data[key]:
             _check(task == "classification", f"data.{key}", data[key], "0 for segmentation (mixing is per image)")
+
+
+# How a command-line string becomes a value of the field's type, as ml_collections' config_flags
+# parses `--config.KEY=VALUE` (launch.py's train path); other types: a Python literal, else the string.
+VALUE_PARSERS = {
+    float: absl_flags.FloatParser(),
+    int: absl_flags.IntegerParser(),
+    bool: absl_flags.BooleanParser(),
+    tuple: tuple_parser.TupleParser(),
+}
+
+
+def parse_override(text: str) -> tuple[str, str]:
+    """'--config.KEY=VALUE', 'config.KEY=VALUE' or 'KEY=VALUE' -> (KEY, VALUE), the value still a string."""
+    flag, equals, value = text.partition("=")
+    key = flag.strip().removeprefix("--").removeprefix("config.")
+    if not equals or not key:
+        raise ConfigError(f"{flag}: write overrides as --config.KEY=VALUE.")
+    return key, value
+
+
+def parse_value(text: str, field_type: type) -> Any:
+    """A command-line string as a value of `field_type`, by config_flags' rules; ValueError if it is not one."""
+    if field_type is str:
+        return text
+    if field_type in VALUE_PARSERS:
+        return VALUE_PARSERS[field_type].parse(text)
+    try:
+        return ast.literal_eval(text.capitalize() if text in ("true", "false") else text)
+    except (SyntaxError, ValueError):
+        return text
+
+
+def apply_overrides(
+    config: ml_collections.ConfigDict,
+    overrides: Mapping[str, Any] | Iterable[str],
+    *,
+    allowed: Iterable[str] | None = None,
+    source: str = "--config",
+) -> None:
+    """Sets dotted keys on `config`: a {KEY: value} mapping or 'KEY=VALUE' strings (strings parsed by parse_value).
+
+    The one override path of sweeps and evaluation. `allowed`: the only keys that may change
+    (a key allowed but absent from an older saved config is added as a string). Raises
+    ConfigError naming the key, the value and the expected type, or the valid or closest keys.
+    """
+    pairs = overrides.items() if isinstance(overrides, Mapping) else map(parse_override, overrides)
+    allowed = None if allowed is None else tuple(allowed)
+    known = flatten(to_dict(config))
+    for key, value in pairs:
+        if allowed is not None and key not in allowed:
+            raise ConfigError(f"--config.{key}: {key} cannot change here ({source}); only {', '.join(allowed)} can.")
+        if key not in known:
+            if allowed is None:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise ConfigError(f"{source}: the config has no key {key!r}.{hint}")
+            parent, _, leaf = key.rpartition(".")
+            (config[parent] if parent else config)[leaf] = value
+            continue
+        field_type = config_path.get_type(key, config)
+        try:
+            if isinstance(value, str):
+                value = parse_value(value, field_type)
+            if isinstance(value, bool) and field_type is not bool:
+                raise TypeError(f"{value!r} is a bool")
+            config_path.set_value(key, config, value)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(
+                f"{source}: config.{key}={value!r} is invalid: expected {field_type.__name__} ({error})."
+            ) from None
 
 
 def to_dict(config: ml_collections.ConfigDict) -> dict:

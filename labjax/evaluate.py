@@ -37,9 +37,6 @@ EVAL_OVERRIDES = (
     "data.skip_bad_files",
     "data.class_names",
 )
-CLASSIFICATION_SCALARS = ("top5", "balanced_accuracy", "macro_f1", "weighted_f1")
-BINARY_SCALARS = ("tpr", "tnr", "fpr", "fnr", "precision", "f1", "roc_auc")
-SEGMENTATION_SCALARS = ("pixel_accuracy", "mean_class_accuracy", "miou", "fwiou", "mean_dice")
 MAX_CLASS_ROWS = 20  # the printed table; the JSON has every class
 
 
@@ -72,38 +69,15 @@ def load_run_config(workdir: Path) -> ml_collections.ConfigDict:
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> None:
     """Applies '--config.KEY=VALUE' strings to a run's saved config; refuses keys evaluation may not change."""
-    for text in overrides:
-        flag, equals, value = text.partition("=")
-        key = flag.removeprefix("--").removeprefix("config.")
-        if not equals:
-            raise config_lib.ConfigError(f"{flag}: write overrides as --config.KEY=VALUE.")
-        if key not in EVAL_OVERRIDES:
-            raise config_lib.ConfigError(
-                f"{flag}: evaluation and prediction use the run's saved config, and {key} defines what was "
-                f"trained, so it cannot change here; only {', '.join(EVAL_OVERRIDES)} can (train a new run to "
-                f"change {key})."
-            )
-        parent, _, leaf = key.rpartition(".")
-        node = config[parent] if parent else config
-        node[leaf] = _parse_value(value, node.get(leaf), flag)
+    config_lib.apply_overrides(
+        config,
+        overrides,
+        allowed=EVAL_OVERRIDES,
+        source="evaluation and prediction use the run's saved config, where every other key defines what was "
+        "trained; train a new run to change it",
+    )
     if config.eval_batch_size <= 0:
         raise config_lib.ConfigError(f"config.eval_batch_size={config.eval_batch_size} is invalid: expected > 0.")
-
-
-def _parse_value(text: str, current, flag: str):
-    """The override's value in the type of the saved value (a string for a key the run did not have)."""
-    try:
-        if isinstance(current, bool):
-            if text.lower() not in ("true", "false", "1", "0"):
-                raise ValueError
-            return text.lower() in ("true", "1")
-        if isinstance(current, int):
-            return int(text)
-        if isinstance(current, float):
-            return float(text)
-    except ValueError:
-        raise config_lib.ConfigError(f"{flag}={text!r}: expected a {type(current).__name__}.") from None
-    return text
 
 
 @dataclasses.dataclass
@@ -265,22 +239,25 @@ def evaluate_variables(session: Session, eval_step, variables: dict, split: str,
     if session.segmentation:
         result.update(metrics.segmentation_metrics(confusion, names))
         result["accuracy"] = result["pixel_accuracy"]
-        return result, predictions
-    result.update(metrics.classification_metrics(confusion, names))
-    if data.num_classes > tasks.TOP_K:
-        result["top5"] = float(computed["top5"])
+    else:
+        result.update(metrics.classification_metrics(confusion, names))
+    for name, value in tasks.eval_summary(config.task, computed).items():  # what training logs, e.g. top5
+        result.setdefault(name, value)
     if binary:
         positive = metrics.resolve_positive_class(config.get("eval_positive_class", ""), names)
         result["positive_class"] = names[positive]
         result.update(
             metrics.binary_metrics(confusion, positive, computed["probabilities"][:, positive], computed["labels"])
         )
-    return result, None
+    return result, predictions if session.segmentation else None
 
 
 def scalars(result: dict) -> dict:
     """The one-number metrics of a result (a row of the per-checkpoint table)."""
-    keys = ("step", "epoch", "loss", "accuracy", *CLASSIFICATION_SCALARS, *BINARY_SCALARS, *SEGMENTATION_SCALARS)
+    logged = [name for metrics_of_task in tasks.EPOCH_METRICS.values() for name in metrics_of_task]
+    keys = dict.fromkeys(
+        ("step", "epoch", "loss", *(k for names in tasks.EVAL_SCALARS.values() for k in names), *logged)
+    )
     row = {key: result[key] for key in keys if key in result}
     if "pixel_accuracy" in row:
         del row["accuracy"]  # the same number

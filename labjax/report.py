@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from labjax import config as config_lib
-from labjax import plots, writers
+from labjax import metrics, plots, tasks, writers
 
 FILES = "report_files"  # PNGs and CSVs beside report.html / report.md
 RUN_FILES = ("metrics.jsonl", "status.json", "config.json")
-BINARY_METRICS = ("TPR", "TNR", "FPR", "FNR", "accuracy", "F1")
+BINARY_METRICS = tuple(tasks.REPORT_BINARY_COLUMNS)  # the binary table's columns
 
 
 @dataclasses.dataclass
@@ -102,7 +102,7 @@ def best_metric(run: Run) -> tuple[str | None, str]:
     name, mode = run.config.get("checkpoint.best_metric", "val_accuracy"), run.config.get("checkpoint.best_mode", "max")
     logged = {key for row in run.rows for key in row}
     if name not in logged:
-        name, mode = next((m for m in ("val_miou", "val_accuracy") if m in logged), None), "max"
+        name, mode = next((m for m in tasks.PRIMARY_METRICS if m in logged), None), "max"
     return name, mode
 
 
@@ -158,21 +158,15 @@ def _value(run: Run, key: str):
 def binary_metrics(matrix) -> dict:
     """TPR, TNR, FPR, FNR, accuracy and F1 of a 2x2 confusion matrix (rows true, columns predicted).
 
-    Class 1 is the positive class; a ratio with nothing to divide by is None.
+    Class 1 is the positive class; a ratio with nothing to divide by is None. The values are
+    labjax.metrics' (what evaluation writes), under the report's column names.
     """
-    (tn, fp), (fn, tp) = np.asarray(matrix, np.float64)
+    values = {**metrics.binary_metrics(matrix, positive=1), "accuracy": _accuracy(matrix)}
+    return {column: values[key] for column, key in tasks.REPORT_BINARY_COLUMNS.items()}
 
-    def ratio(a, b):
-        return a / b if b else None
 
-    return {
-        "TPR": ratio(tp, tp + fn),
-        "TNR": ratio(tn, tn + fp),
-        "FPR": ratio(fp, fp + tn),
-        "FNR": ratio(fn, fn + tp),
-        "accuracy": ratio(tp + tn, tp + tn + fp + fn),
-        "F1": ratio(2 * tp, 2 * tp + fp + fn),
-    }
+def _accuracy(matrix) -> float | None:
+    return metrics.classification_metrics(matrix, [str(i) for i in range(len(matrix))])["accuracy"]
 
 
 def _confusion(run: Run) -> tuple[list | None, list[str], str]:

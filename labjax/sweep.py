@@ -13,7 +13,6 @@ GPU when there are several); --parallel=0 runs them one after another in this pr
 
 import ast
 import dataclasses
-import difflib
 import importlib.util
 import itertools
 import json
@@ -30,7 +29,6 @@ from collections import deque
 from pathlib import Path
 
 import ml_collections
-from absl import flags as absl_flags
 from ml_collections.config_flags import config_path
 
 from labjax import config as config_lib
@@ -40,12 +38,6 @@ from labjax.errors import MissingFileError, SweepIncomplete, SweepInterrupted, U
 STATUSES = ("pending", "running", "finished", "diverged", "failed", "interrupted")
 DONE = ("finished", "diverged")  # a diverged member diverges again from the same start: not re-run
 LAUNCH = Path(__file__).resolve().parents[1] / "launch.py"
-# How a string from the command line becomes a value of the field's type (as config_flags does).
-PARSERS = {
-    float: absl_flags.FloatParser(),
-    int: absl_flags.IntegerParser(),
-    bool: absl_flags.BooleanParser(),
-}
 
 
 @dataclasses.dataclass
@@ -91,31 +83,6 @@ def parse_sweep_flag(text: str) -> tuple[str, list]:
     if not parsed:
         raise config_lib.ConfigError(f"--sweep={text!r}: no values for {key}, so the product of the sweep is empty.")
     return key, list(parsed)
-
-
-def apply_overrides(config: ml_collections.ConfigDict, overrides: dict, source: str = "sweep") -> None:
-    """Sets dotted keys on `config` with config_flags' type rules; strings are parsed to the field's type.
-
-    Raises ConfigError naming the key, the value and what was expected (with a suggestion for
-    a mistyped key), so a bad member fails before any member trains.
-    """
-    known = config_lib.flatten(config_lib.to_dict(config))
-    for key, value in overrides.items():
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise config_lib.ConfigError(f"{source}: the config has no key {key!r}.{hint}")
-        field_type = type(config_path.get_value(key, config))
-        try:
-            if isinstance(value, str) and field_type is not str and field_type in PARSERS:
-                value = PARSERS[field_type].parse(value)
-            if isinstance(value, bool) and field_type is not bool:
-                raise TypeError(f"{value!r} is a bool")
-            config_path.set_value(key, config, value)
-        except (TypeError, ValueError) as error:
-            raise config_lib.ConfigError(
-                f"{source}: config.{key}={value!r} is invalid: expected {field_type.__name__} ({error})."
-            ) from None
 
 
 def _format_value(value) -> str:
@@ -212,8 +179,8 @@ def expand(config_argument: str, sweep_flags=(), base_overrides: dict | None = N
     for own, product in itertools.product(_config_sweep(module, arg), products):
         overrides = {**own, **product}
         config = module.get_config(arg)
-        apply_overrides(config, dict(base_overrides or {}), "--config")
-        apply_overrides(config, overrides, f"sweep member {overrides}")
+        config_lib.apply_overrides(config, dict(base_overrides or {}), source="--config")
+        config_lib.apply_overrides(config, overrides, source=f"sweep member {overrides}")
         typed = {key: config_path.get_value(key, config) for key in overrides}
         name = member_name(module, typed, set(own) if hasattr(module, "get_sweep") else set(typed), config)
         _check_name(name, overrides)

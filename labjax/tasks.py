@@ -5,11 +5,15 @@ counts: padded examples and the ignore label are excluded from the loss and ever
 so metrics over a split are exact.
 """
 
+from collections.abc import Callable
+
 import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
-from clu import metrics
+from clu import metrics as clu_metrics
+
+from labjax import metrics
 
 
 def label_mask(labels: jax.Array, valid: jax.Array, num_classes: int) -> jax.Array:
@@ -41,7 +45,7 @@ def mean_loss(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Arra
 
 
 @flax.struct.dataclass
-class ConfusionMatrix(metrics.Metric):
+class ConfusionMatrix(clu_metrics.Metric):
     """Summed confusion matrix (rows: true class, columns: predicted class)."""
 
     matrix: jax.Array
@@ -61,7 +65,7 @@ class ConfusionMatrix(metrics.Metric):
 
 
 @flax.struct.dataclass
-class Correct(metrics.Average):
+class Correct(clu_metrics.Average):
     """Fraction of counted labels whose arg-max prediction is right."""
 
     @classmethod
@@ -71,8 +75,8 @@ class Correct(metrics.Average):
 
 
 @flax.struct.dataclass
-class TrainMetrics(metrics.Collection):
-    loss: metrics.Average.from_output("loss")
+class TrainMetrics(clu_metrics.Collection):
+    loss: clu_metrics.Average.from_output("loss")
     accuracy: Correct
 
 
@@ -80,7 +84,7 @@ TOP_K = 5
 
 
 @flax.struct.dataclass
-class TopKCorrect(metrics.Average):
+class TopKCorrect(clu_metrics.Average):
     """Fraction of counted labels whose true class is among the TOP_K highest logits (ties count as hits)."""
 
     @classmethod
@@ -92,40 +96,72 @@ class TopKCorrect(metrics.Average):
 
 
 @flax.struct.dataclass
-class EvalMetrics(metrics.Collection):
-    loss: metrics.Average.from_output("loss")
+class EvalMetrics(clu_metrics.Collection):
+    loss: clu_metrics.Average.from_output("loss")
     accuracy: Correct
     top5: TopKCorrect
     confusion: ConfusionMatrix
 
 
 def summarize_confusion(matrix: np.ndarray) -> dict[str, float]:
-    """Accuracy and mean IoU from a confusion matrix (host side, exact).
+    """Accuracy and mean IoU from a confusion matrix (host side, exact), as labjax.metrics computes them.
 
     mIoU averages over the classes present in labels or predictions, as Keras' MeanIoU and
-    scenic do: a class absent from both has no defined IoU.
+    scenic do: a class absent from both has no defined IoU. An empty matrix gives 0, not None.
     """
-    matrix = np.asarray(matrix, np.float64)
-    true_pos = np.diag(matrix)
-    union = matrix.sum(0) + matrix.sum(1) - true_pos
-    present = union > 0
-    iou = np.where(present, true_pos / np.maximum(union, 1), np.nan)
+    full = metrics.segmentation_metrics(matrix, [str(i) for i in range(len(matrix))])
     return {
-        "accuracy": float(true_pos.sum() / max(matrix.sum(), 1)),
-        "miou": float(np.nanmean(iou)) if present.any() else 0.0,
-        "iou_per_class": [None if np.isnan(v) else float(v) for v in iou],
+        "accuracy": full["pixel_accuracy"] or 0.0,
+        "miou": full["miou"] or 0.0,
+        "iou_per_class": full["iou_per_class"],
     }
 
 
-def eval_summary(task: str, computed: dict) -> dict:
-    """Scalars to log from a computed EvalMetrics (names without the 'val_' prefix).
+def _top5(computed: dict) -> float | None:
+    """Top-5 accuracy, only where it says something: more than TOP_K classes."""
+    return float(computed["top5"]) if len(computed["confusion"]) > TOP_K else None
 
-    Cheap by design (train.py logs them every epoch); labjax.metrics derives the full set.
-    top5 only where it says something: classification with more than TOP_K classes.
-    """
-    summary = {"loss": float(computed["loss"]), "accuracy": float(computed["accuracy"])}
-    if task == "segmentation":
-        summary["miou"] = summarize_confusion(computed["confusion"])["miou"]
-    elif len(computed["confusion"]) > TOP_K:
-        summary["top5"] = float(computed["top5"])
-    return summary
+
+# The scalars logged after every validation as val_NAME (metrics.jsonl, status.json's `final`, the
+# early-stopping and checkpoint monitors), per task: name -> function of a computed EvalMetrics
+# (loss, accuracy, top5, confusion); None leaves the scalar out. Cheap by design (logged every
+# epoch); evaluation (labjax/evaluate.py) writes these too, beside EVAL_SCALARS.
+EPOCH_METRICS: dict[str, dict[str, Callable[[dict], float | None]]] = {
+    "classification": {
+        "loss": lambda computed: float(computed["loss"]),
+        "accuracy": lambda computed: float(computed["accuracy"]),
+        "top5": _top5,
+    },
+    "segmentation": {
+        "loss": lambda computed: float(computed["loss"]),
+        "accuracy": lambda computed: float(computed["accuracy"]),
+        "miou": lambda computed: summarize_confusion(computed["confusion"])["miou"],
+    },
+}
+
+# The one-number results of evaluating a checkpoint (labjax.metrics' keys), in the column order of
+# the eval JSON's printout and all_<split>.csv: per task, and "binary" for two-class classification.
+EVAL_SCALARS: dict[str, tuple[str, ...]] = {
+    "classification": ("accuracy", "top5", "balanced_accuracy", "macro_f1", "weighted_f1"),
+    "binary": ("tpr", "tnr", "fpr", "fnr", "precision", "f1", "roc_auc"),
+    "segmentation": ("pixel_accuracy", "mean_class_accuracy", "miou", "fwiou", "mean_dice"),
+}
+
+# The report's binary table: its column -> the labjax.metrics key it shows (class 1 positive).
+REPORT_BINARY_COLUMNS: dict[str, str] = {
+    "TPR": "tpr",
+    "TNR": "tnr",
+    "FPR": "fpr",
+    "FNR": "fnr",
+    "accuracy": "accuracy",
+    "F1": "f1",
+}
+
+# The validation metric a report ranks runs by when the run's checkpoint.best_metric was not logged.
+PRIMARY_METRICS = ("val_miou", "val_accuracy")
+
+
+def eval_summary(task: str, computed: dict) -> dict:
+    """Scalars to log from a computed EvalMetrics (names without the 'val_' prefix): EPOCH_METRICS[task]."""
+    values = {name: metric(computed) for name, metric in EPOCH_METRICS[task].items()}
+    return {name: value for name, value in values.items() if value is not None}

@@ -117,7 +117,7 @@ def test_overrides_change_only_what_evaluation_may_change():
         ValueError, match=r"--config.optimizer.learning_rate: .*defines what was trained.*eval_batch_size"
     ):
         evaluate.apply_overrides(config, ["--config.optimizer.learning_rate=0.1"])
-    with pytest.raises(ValueError, match=r"--config.eval_batch_size='many': expected a int"):
+    with pytest.raises(ValueError, match=r"config.eval_batch_size='many' is invalid: expected int"):
         evaluate.apply_overrides(config, ["--config.eval_batch_size=many"])
     with pytest.raises(ValueError, match="write overrides as --config.KEY=VALUE"):
         evaluate.apply_overrides(config, ["--config.data.path"])

@@ -20,7 +20,7 @@ import pytest
 
 from configs import fashion3_cnn
 from labjax import config as config_lib
-from labjax import report, sweep
+from labjax import report
 
 ROOT = Path(__file__).resolve().parents[1]
 EVIL = "<script>alert(1)</script>"
@@ -29,7 +29,7 @@ EVIL = "<script>alert(1)</script>"
 def make_run(path: Path, overrides: dict, val_accuracy: list[float], *, status="finished", confusion=None, **facts):
     """A run folder as training leaves it: config.json, metrics.jsonl (one row per epoch), status.json, eval."""
     config = fashion3_cnn.get_config("smoke")
-    sweep.apply_overrides(config, overrides)
+    config_lib.apply_overrides(config, overrides)
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.json").write_text(json.dumps(config_lib.to_dict(config)))
     rows = [

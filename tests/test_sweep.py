@@ -66,7 +66,7 @@ def test_s0_sweep_has_21_named_members_and_command_line_keys_extend_their_names(
 
 def test_template_name_formats_and_drops_separators():
     config = sweep.load_config_module(FASHION_SMOKE)[0].get_config("smoke")
-    sweep.apply_overrides(config, {"optimizer.learning_rate": 0.0001, "seed": 3})
+    config_lib.apply_overrides(config, {"optimizer.learning_rate": 0.0001, "seed": 3})
     template = "lr{optimizer.learning_rate:.0e}-b1{optimizer.b1}-s{seed}"
     assert sweep.template_name(template, {"optimizer.learning_rate": 1e-4, "seed": 3}, config) == "lr1e-04-s3"
     assert sweep.template_name(template, {"seed": 3}, config) == "s3"  # the prefix belongs to the first key

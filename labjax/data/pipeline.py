@@ -8,7 +8,8 @@ exactly the batches an uninterrupted one would, on any number of devices or host
 """
 
 import dataclasses
-from collections.abc import Iterator
+import importlib
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import tensorflow as tf
@@ -18,7 +19,6 @@ from labjax.data.examples import Examples
 
 tf.config.set_visible_devices([], "GPU")  # TensorFlow must leave the accelerators to JAX
 
-SOURCES = ("synthetic", "masks", "folder", "idx", "cifar", "tiny_imagenet", "tfds")
 BALANCE = ("none", "oversample", "weights")
 CACHE = ("auto", "memory", "stream")
 MEMORY_LIMIT_BYTES = 4 << 30  # file sources whose decoded pixels fit stay in memory (cache=auto)
@@ -51,46 +51,54 @@ class Data:
         return len(self.splits["train"]) + len(self.copies)
 
 
-def _load_source(config) -> dict[str, Examples]:
-    data = config.data
-    if data.source == "synthetic":
-        from labjax.data import synthetic
+def _synthetic(config) -> dict[str, Examples]:
+    """Generated train and validation splits (labjax.data.synthetic) of the config's task."""
+    from labjax.data import synthetic
 
-        ranges = [(0, data.train_size), (data.train_size, data.val_size)]
-        size, classes = data.image_size, data.num_classes
-        if config.task == "segmentation":
-            names = synthetic.segmentation_class_names(classes)
-            parts = [
-                synthetic.make_segmentation_arrays(start, n, seed=config.seed, size=size, num_classes=classes)
-                for start, n in ranges
-            ]
-        else:
-            names = synthetic.classification_class_names(classes)
-            parts = [
-                synthetic.make_classification_arrays(
-                    config.seed, start, n, size=size, num_classes=classes, channels=data.channels or 3
-                )
-                for start, n in ranges
-            ]
-        return {
-            name: Examples(labels=np.asarray(y, np.int32), class_names=names, images=x)
-            for name, (x, y) in zip(("train", "validation"), parts)
-        }
-    if data.source == "masks":
-        from labjax.data import masks as source
-    elif data.source == "folder":
-        from labjax.data import folders as source
-    elif data.source == "idx":
-        from labjax.data import idx as source
-    elif data.source == "cifar":
-        from labjax.data import cifar as source
-    elif data.source == "tiny_imagenet":
-        from labjax.data import tiny_imagenet as source
-    elif data.source == "tfds":
-        from labjax.data import tfds_source as source
+    data = config.data
+    ranges = [(0, data.train_size), (data.train_size, data.val_size)]
+    size, classes = data.image_size, data.num_classes
+    if config.task == "segmentation":
+        names = synthetic.segmentation_class_names(classes)
+        parts = [
+            synthetic.make_segmentation_arrays(start, n, seed=config.seed, size=size, num_classes=classes)
+            for start, n in ranges
+        ]
     else:
-        raise ValueError(f"config.data.source={data.source!r} is unknown; valid: {SOURCES}.")
-    return source.load(data)
+        names = synthetic.classification_class_names(classes)
+        parts = [
+            synthetic.make_classification_arrays(
+                config.seed, start, n, size=size, num_classes=classes, channels=data.channels or 3
+            )
+            for start, n in ranges
+        ]
+    return {
+        name: Examples(labels=np.asarray(y, np.int32), class_names=names, images=x)
+        for name, (x, y) in zip(("train", "validation"), parts)
+    }
+
+
+def _module_source(module: str) -> Callable:
+    """A source whose module's `load(config.data)` reads it; imported on first use (some import TensorFlow Datasets)."""
+    return lambda config: importlib.import_module(f"labjax.data.{module}").load(config.data)
+
+
+# config.data.source -> loader(config) -> {split name: Examples}. Config validation takes its choices from here.
+SOURCES: dict[str, Callable] = {
+    "synthetic": _synthetic,
+    "masks": _module_source("masks"),
+    "folder": _module_source("folders"),
+    "idx": _module_source("idx"),
+    "cifar": _module_source("cifar"),
+    "tiny_imagenet": _module_source("tiny_imagenet"),
+    "tfds": _module_source("tfds_source"),
+}
+
+
+def _load_source(config) -> dict[str, Examples]:
+    if config.data.source not in SOURCES:
+        raise ValueError(f"config.data.source={config.data.source!r} is unknown; valid: {tuple(SOURCES)}.")
+    return SOURCES[config.data.source](config)
 
 
 def _decode_into_memory(examples: Examples, data, channels: int, name: str) -> Examples:

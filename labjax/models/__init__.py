@@ -1,8 +1,10 @@
-"""Model registry: config name -> how to build it, its input rules, preprocessing and weights.
+"""Model registry: config name -> what the model is and how to build it.
 
-Every family file ends with a `VARIANTS` dict (name -> cls, min_size, preprocessing,
-top_layers, weights); this module turns those into one registry, so an unknown name lists
-the valid ones and a family is added by writing its file and one import here.
+Every entry of `MODELS` is a `ModelInfo`: its task, input rules, preprocessing, Keras weight
+information and ONE builder `(model config, num_classes, frozen) -> nn.Module` that knows which
+config fields its family takes. Family files end with a `VARIANTS` dict (name -> cls, min_size,
+preprocessing, top_layers, weights); the tables below turn those into entries, so a family is
+added by writing its file and one line here, and an unknown name lists the valid ones.
 
 Classification models are a backbone (a Keras family with include_top=False, returning
 its last feature map) plus a new head `Classifier` (global pooling -> dropout -> dense),
@@ -27,15 +29,20 @@ from labjax.weights import via_keras
 HEAD_MODULES = ("head_dropout", "head_dense")  # the new head's modules (never in a Keras file)
 POOLINGS = ("avg", "max")
 HEADS = ("new", "original")
+CLASSIFICATION, SEGMENTATION = "classification", "segmentation"
+
+Builder = Callable[[ml_collections.ConfigDict, int, tuple[str, ...]], nn.Module]
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelInfo:
     """What the rest of labjax needs to know about one registered model."""
 
-    build: Callable[..., nn.Module]  # (model config, num_classes, frozen BatchNorm names) -> module
+    build: Builder  # (model config, num_classes, frozen BatchNorm names) -> module
+    task: str  # CLASSIFICATION (logits per image) or SEGMENTATION (logits per pixel)
     min_size: int
     divisor: int = 1
+    min_size_of: Callable[[ml_collections.ConfigDict], int] | None = None  # a smallest input that follows the config
     preprocessing: str = "zero_one"  # the normalize mode the model (and its pretrained weights) expects
     keras_family: bool = False  # backbone + head, Keras weights importable
     top_layers: tuple[str, ...] = ()  # Keras layers of the original top
@@ -64,114 +71,159 @@ class Classifier(nn.Module):
         return nn.Dense(self.num_classes, name="head_dense")(pooled.astype(jnp.float32))
 
 
-def _keras_family(variant: dict) -> ModelInfo:
-    return ModelInfo(
-        build=variant["cls"],
-        min_size=variant["min_size"],
-        preprocessing=variant["preprocessing"],
-        keras_family=True,
-        top_layers=tuple(variant.get("top_layers", ())),
-        weights=variant.get("weights"),
-        keras_rename=variant.get("keras_rename"),
-    )
+def _mobilenetv2_unet(cfg: ml_collections.ConfigDict, num_classes: int, frozen: tuple[str, ...] = ()) -> nn.Module:
+    return MobileNetV2UNet(num_classes, alpha=cfg.alpha, dropout=cfg.dropout, bn_momentum=cfg.bn_momentum)
+
+
+def _resnet50_unet(cfg: ml_collections.ConfigDict, num_classes: int, frozen: tuple[str, ...] = ()) -> nn.Module:
+    return ResNet50UNet(num_classes, dropout=cfg.dropout, bn_momentum=cfg.bn_momentum)
+
+
+def _unet(cfg: ml_collections.ConfigDict, num_classes: int, frozen: tuple[str, ...] = ()) -> nn.Module:
+    """The classic U-Net; model.alpha scales the paper's 64 first-level channels."""
+    features = max(1, round(64 * cfg.alpha))
+    return UNet(num_classes, features=features, dropout=cfg.dropout, bn_momentum=cfg.bn_momentum)
+
+
+def _small_cnn(cfg: ml_collections.ConfigDict, num_classes: int, frozen: tuple[str, ...] = ()) -> nn.Module:
+    return SmallCNN(num_classes, dropout=cfg.dropout)
+
+
+def _small_net(cls: type[nn.Module], takes_layers: bool) -> Builder:
+    """A small_nets class: model.dropout, and for spec nets model.layers when set.
+
+    A spec's dropout ops keep their own rates unless model.dropout > 0 replaces them all
+    (spec_cnn); the other nets take model.dropout as it is.
+    """
+    keeps_own_dropout = cls is small_nets.SpecCNN
+
+    def build(cfg: ml_collections.ConfigDict, num_classes: int, frozen: tuple[str, ...] = ()) -> nn.Module:
+        kwargs = {"num_classes": num_classes}
+        if cfg.dropout or not keeps_own_dropout:
+            kwargs["dropout"] = cfg.dropout
+        if takes_layers and cfg.get("layers"):
+            kwargs["layers"] = cfg.layers
+        return cls(**kwargs)
+
+    return build
+
+
+def _spec_min_size(variant: dict) -> Callable[[ml_collections.ConfigDict], int]:
+    """A spec net's smallest input follows from its layers (model.layers, a spec or a preset name)."""
+
+    def min_size(cfg: ml_collections.ConfigDict) -> int:
+        if not cfg.get("layers"):
+            return variant["min_size"]
+        return variant["min_size_of"](variant["presets"].get(cfg.layers, cfg.layers))
+
+    return min_size
+
+
+def _fields(*keys: str) -> Callable[[ml_collections.ConfigDict], dict]:
+    """The model config fields a family's classes take, those the config has."""
+    return lambda cfg: {key: cfg[key] for key in keys if key in cfg}
+
+
+def _efficientnet_fields(cfg: ml_collections.ConfigDict) -> dict:
+    """bn_momentum, and Keras' extra Rescaling layer, which Keras adds only with ImageNet weights."""
+    rescaling = {"imagenet_rescaling": True} if cfg.get("pretrained", "none") != "none" else {}
+    return {**_fields("bn_momentum")(cfg), **rescaling}
+
+
+# Keras families: their module and the config fields (model.KEY) their classes take.
+KERAS_FAMILIES = (
+    (resnet, _fields("small_inputs", "bn_momentum")),
+    (densenet, _fields("bn_momentum")),
+    (efficientnet, _efficientnet_fields),
+    (vgg, _fields()),
+    (xception, _fields("bn_momentum")),
+    (inception_v3, _fields("bn_momentum")),
+    (mobilenet_v2, _fields("alpha", "bn_momentum")),
+)
+
+
+def _keras_builder(
+    cls: Callable[..., nn.Module], config_fields: Callable[[ml_collections.ConfigDict], dict]
+) -> Builder:
+    """A Keras family class with its own top (model.head=original) or as the backbone of a new `Classifier`."""
+
+    def build(cfg: ml_collections.ConfigDict, num_classes: int, frozen: tuple[str, ...] = ()) -> nn.Module:
+        kwargs = config_fields(cfg)
+        if cfg.head == "original":
+            return cls(num_classes=num_classes, include_top=True, frozen=frozen, **kwargs)
+        return Classifier(
+            cls(include_top=False, frozen=frozen, **kwargs),
+            num_classes,
+            pooling=cfg.pooling,
+            dropout=cfg.dropout,
+            frozen_backbone=cfg.freeze == "backbone",
+        )
+
+    return build
 
 
 def _family_models() -> dict[str, ModelInfo]:
     models = {}
-    for family in (resnet, densenet, efficientnet, vgg, xception, inception_v3, mobilenet_v2):
+    for family, config_fields in KERAS_FAMILIES:
         for name, variant in family.VARIANTS.items():
-            models[name] = _keras_family(variant)
+            models[name] = ModelInfo(
+                build=_keras_builder(variant["cls"], config_fields),
+                task=CLASSIFICATION,
+                min_size=variant["min_size"],
+                preprocessing=variant["preprocessing"],
+                keras_family=True,
+                top_layers=tuple(variant.get("top_layers", ())),
+                weights=variant.get("weights"),
+                keras_rename=variant.get("keras_rename"),
+            )
     for name, variant in small_nets.VARIANTS.items():
-        models[name] = ModelInfo(build=variant["cls"], min_size=variant["min_size"], preprocessing="zero_one")
+        cls = variant["cls"]
+        models[name] = ModelInfo(
+            build=_small_net(cls, takes_layers=issubclass(cls, small_nets.SpecCNN)),
+            task=CLASSIFICATION,
+            min_size=variant["min_size"],
+            min_size_of=_spec_min_size(variant) if "min_size_of" in variant else None,
+            preprocessing="zero_one",
+        )
     return models
 
 
 MODELS: dict[str, ModelInfo] = {
-    "mobilenetv2_unet": ModelInfo(build=None, min_size=32, divisor=32, preprocessing="minus_one_one"),
-    "resnet50_unet": ModelInfo(build=None, min_size=32, divisor=32, preprocessing="caffe"),
-    "unet": ModelInfo(build=None, min_size=16, divisor=16, preprocessing="zero_one"),
-    "small_cnn": ModelInfo(build=None, min_size=18, preprocessing="zero_one"),
+    "mobilenetv2_unet": ModelInfo(_mobilenetv2_unet, SEGMENTATION, 32, divisor=32, preprocessing="minus_one_one"),
+    "resnet50_unet": ModelInfo(_resnet50_unet, SEGMENTATION, 32, divisor=32, preprocessing="caffe"),
+    "unet": ModelInfo(_unet, SEGMENTATION, 16, divisor=16, preprocessing="zero_one"),
+    "small_cnn": ModelInfo(_small_cnn, CLASSIFICATION, 18, preprocessing="zero_one"),
     **_family_models(),
 }
 
 
-def input_rule(model_config: ml_collections.ConfigDict) -> tuple[int, int]:
-    """(smallest input side, required divisor of the side) of the configured model.
-
-    A spec_cnn's smallest input follows from its layers (model.layers, a spec or a preset name).
-    """
-    info = model_info(model_config.name)
-    if model_config.name == "spec_cnn" and model_config.get("layers"):
-        layers = small_nets.S2_PRESETS.get(model_config.layers, model_config.layers)
-        return small_nets.min_input_size(layers), info.divisor
-    return info.min_size, info.divisor
-
-
 def model_info(name: str) -> ModelInfo:
+    """The registry entry of config.model.name; an unknown name lists the valid ones."""
     if name not in MODELS:
         raise ValueError(f"config.model.name={name!r} is unknown; valid: {sorted(MODELS)}.")
     return MODELS[name]
 
 
-def _family_kwargs(cfg: ml_collections.ConfigDict, name: str) -> dict:
-    """Config fields a family class takes (alpha, small_inputs, bn_momentum, ...), when the config has them."""
-    kwargs = {}
-    for key in ("alpha", "small_inputs", "bn_momentum"):
-        if key in cfg and _accepts(MODELS[name].build, key):
-            kwargs[key] = cfg[key]
-    if _accepts(MODELS[name].build, "imagenet_rescaling") and cfg.get("pretrained", "none") != "none":
-        kwargs["imagenet_rescaling"] = True  # EfficientNet: Keras adds it with ImageNet weights
-    return kwargs
+def task_of(name: str) -> str:
+    """CLASSIFICATION or SEGMENTATION: what the registered model predicts (one label per image or per pixel)."""
+    return model_info(name).task
 
 
-def _accepts(build: Callable, field: str) -> bool:
-    target = getattr(build, "func", build)
-    return field in getattr(target, "__dataclass_fields__", {}) or field in getattr(build, "keywords", {})
+def input_rule(model_config: ml_collections.ConfigDict) -> tuple[int, int]:
+    """(smallest input side, required divisor of the side) of the configured model."""
+    info = model_info(model_config.name)
+    smallest = info.min_size_of(model_config) if info.min_size_of else info.min_size
+    return smallest, info.divisor
 
 
 def create_model(model_config: ml_collections.ConfigDict, num_classes: int, frozen: tuple[str, ...] = ()) -> nn.Module:
-    """Builds the configured model; unknown names list the valid ones.
+    """Builds the configured model with its entry's builder; unknown names list the valid ones.
 
     `frozen`: BatchNorm modules of the backbone that stay in inference mode (model.freeze).
     Sets the process-wide convolution choice from model.conv_impl (read when jit traces the model).
     """
     set_conv_impl(model_config.get("conv_impl", "auto"))
-    name = model_config.name
-    info = model_info(name)
-    if name == "mobilenetv2_unet":
-        return MobileNetV2UNet(
-            num_classes, alpha=model_config.alpha, dropout=model_config.dropout, bn_momentum=model_config.bn_momentum
-        )
-    if name == "resnet50_unet":
-        return ResNet50UNet(num_classes, dropout=model_config.dropout, bn_momentum=model_config.bn_momentum)
-    if name == "unet":  # alpha scales the paper's 64 first-level channels
-        return UNet(
-            num_classes,
-            features=max(1, round(64 * model_config.alpha)),
-            dropout=model_config.dropout,
-            bn_momentum=model_config.bn_momentum,
-        )
-    if name == "small_cnn":
-        return SmallCNN(num_classes, dropout=model_config.dropout)
-    if not info.keras_family:
-        kwargs = {"num_classes": num_classes}
-        # A spec's dropout ops keep their own rates unless model.dropout > 0 replaces them all.
-        if _accepts(info.build, "dropout") and (model_config.dropout or name != "spec_cnn"):
-            kwargs["dropout"] = model_config.dropout
-        if _accepts(info.build, "layers") and model_config.get("layers"):
-            kwargs["layers"] = model_config.layers
-        return info.build(**kwargs)
-    kwargs = _family_kwargs(model_config, name)
-    if model_config.head == "original":
-        return info.build(num_classes=num_classes, include_top=True, frozen=frozen, **kwargs)
-    backbone = info.build(include_top=False, frozen=frozen, **kwargs)
-    return Classifier(
-        backbone,
-        num_classes,
-        pooling=model_config.pooling,
-        dropout=model_config.dropout,
-        frozen_backbone=model_config.freeze == "backbone",
-    )
+    return model_info(model_config.name).build(model_config, num_classes, frozen)
 
 
 def module_order(
