@@ -186,13 +186,13 @@ def parse_arg(
         key, sep, value = token.partition("=")
         if (sep and key not in keys) or (not sep and token not in args):
             valid = ", ".join([*args, *(f"{k}=VALUE" for k in keys)])
-            raise ValueError(f"{where}: unknown argument {token!r} in {arg!r}; choose from {valid} (comma-separated).")
+            raise ConfigError(f"{where}: unknown argument {token!r} in {arg!r}; choose from {valid} (comma-separated).")
         if sep:
             values[key] = value.strip()
         else:
             names.append(token)
     if len(set(names) & set(one_of)) > 1:
-        raise ValueError(f"{where}: {arg!r} names more than one of {', '.join(one_of)}; choose one.")
+        raise ConfigError(f"{where}: {arg!r} names more than one of {', '.join(one_of)}; choose one.")
     return names, values
 
 

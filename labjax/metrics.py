@@ -10,6 +10,8 @@ balanced accuracy and mean class accuracy average recall over the classes presen
 
 import numpy as np
 
+from labjax.errors import ConfigError
+
 
 def _ratio(numerator: np.ndarray, denominator: np.ndarray, undefined=0.0) -> np.ndarray:
     return np.where(denominator > 0, numerator / np.maximum(denominator, 1e-300), undefined)
@@ -151,7 +153,7 @@ def resolve_positive_class(value, class_names: list[str], key: str = "config.eva
         return class_names.index(text)
     if text.lstrip("-").isdigit() and 0 <= int(text) < len(class_names):
         return int(text)
-    raise ValueError(
+    raise ConfigError(
         f"{key}={value!r} names no class; use a class name ({', '.join(class_names)}), an index "
         f"0..{len(class_names) - 1}, or '' for the second class."
     )

@@ -22,6 +22,7 @@ import numpy as np
 
 from labjax import config as config_lib
 from labjax import metrics, plots, tasks, writers
+from labjax.errors import MissingFileError
 
 FILES = "report_files"  # PNGs and CSVs beside report.html / report.md
 RUN_FILES = ("metrics.jsonl", "status.json", "config.json")
@@ -286,7 +287,7 @@ def build(workdir: Path) -> tuple[list[Table], list[tuple[str, Path]], list[Sect
     """Tables, across-runs figures and per-run sections of the report; writes the PNGs and CSVs."""
     runs, sweep = collect_runs(workdir)
     if not runs:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{workdir}: no run found; --mode=report needs a run folder (with metrics.jsonl or status.json) "
             "or a folder of run folders (a sweep)."
         )
@@ -352,7 +353,7 @@ def write_report(workdir: str | Path) -> Path:
     """Writes DIR/report.html and DIR/report.md (and DIR/report_files/); returns the HTML's path."""
     workdir = Path(workdir)
     if not workdir.is_dir():
-        raise FileNotFoundError(f"--workdir={workdir}: no such folder; give a run or sweep folder.")
+        raise MissingFileError(f"--workdir={workdir}: no such folder; give a run or sweep folder.")
     tables, figures, sections, sweep = build(workdir)
     title = f"labjax report: {workdir.resolve().name}"
     (workdir / "report.md").write_text(_markdown(title, workdir, tables, figures, sections, sweep))

@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from labjax.data import augment, decode, labels, splits
 from labjax.data.examples import Examples
+from labjax.errors import ConfigError
 
 tf.config.set_visible_devices([], "GPU")  # TensorFlow must leave the accelerators to JAX
 
@@ -97,7 +98,7 @@ SOURCES: dict[str, Callable] = {
 
 def _load_source(config) -> dict[str, Examples]:
     if config.data.source not in SOURCES:
-        raise ValueError(f"config.data.source={config.data.source!r} is unknown; valid: {tuple(SOURCES)}.")
+        raise ConfigError(f"config.data.source={config.data.source!r} is unknown; valid: {tuple(SOURCES)}.")
     return SOURCES[config.data.source](config)
 
 
@@ -109,7 +110,7 @@ def _decode_into_memory(examples: Examples, data, channels: int, name: str) -> E
     per_image = (size * size if size else 256 * 256) * channels
     if data.cache == "stream" or (data.cache == "auto" and per_image * len(examples) > MEMORY_LIMIT_BYTES):
         if not size:
-            raise ValueError(
+            raise ConfigError(
                 f"config.data.cache={data.cache!r} streams the {name} images from disk, which needs one image "
                 "size: set config.data.image_size."
             )
@@ -143,14 +144,14 @@ def load(config, model_preprocessing: str = "zero_one") -> Data:
     class_names = train.class_names
     generated = data.source in ("synthetic", "masks")  # there num_classes is the source's own, before merge/keep
     if data.num_classes and not generated and data.num_classes != len(class_names):
-        raise ValueError(
+        raise ConfigError(
             f"config.data.num_classes={data.num_classes} but the data has {len(class_names)} classes "
             f"({', '.join(class_names[:8])}{', ...' if len(class_names) > 8 else ''}); set num_classes=0 "
             "(take it from the data) or fix class_names / merge / keep."
         )
     dense = train.dense_labels
     if dense != (config.task == "segmentation"):
-        raise ValueError(
+        raise ConfigError(
             f"config.task={config.task!r} but config.data.source={data.source!r} gives "
             f"{'per-pixel masks' if dense else 'one label per image'}; use a "
             f"{'segmentation' if dense else 'classification'} config or another source."
@@ -159,7 +160,7 @@ def load(config, model_preprocessing: str = "zero_one") -> Data:
     weights = None
     if data.balance == "oversample":
         if dense:
-            raise ValueError("config.data.balance='oversample' needs one class per image; use 'weights' for masks.")
+            raise ConfigError("config.data.balance='oversample' needs one class per image; use 'weights' for masks.")
         copies = splits.oversample(train.labels, config.seed)
     elif data.balance == "weights":
         weights = splits.class_weights(train.labels, len(class_names))
@@ -216,7 +217,7 @@ def _examples_dataset(examples: Examples, order: np.ndarray, channels: int, size
 def steps_per_epoch(data: Data, global_batch: int) -> int:
     steps = data.num_train() // global_batch
     if steps == 0:
-        raise ValueError(
+        raise ConfigError(
             f"config.batch_size={global_batch} exceeds the {data.num_train()} training examples; lower batch_size."
         )
     return steps

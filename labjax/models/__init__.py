@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from labjax.errors import ConfigError
 from labjax.models import densenet, efficientnet, inception_v3, mobilenet_v2, resnet, small_nets, vgg, xception
 from labjax.models.layers import set_conv_impl
 from labjax.models.small_cnn import SmallCNN
@@ -200,7 +201,7 @@ MODELS: dict[str, ModelInfo] = {
 def model_info(name: str) -> ModelInfo:
     """The registry entry of config.model.name; an unknown name lists the valid ones."""
     if name not in MODELS:
-        raise ValueError(f"config.model.name={name!r} is unknown; valid: {sorted(MODELS)}.")
+        raise ConfigError(f"config.model.name={name!r} is unknown; valid: {sorted(MODELS)}.")
     return MODELS[name]
 
 
@@ -280,7 +281,7 @@ def frozen_modules(
     if kind == "regex":
         patterns = [re.compile(p) for p in value.split(",") if p]
         return {p for p in order if any(pattern.fullmatch(p[-1]) for pattern in patterns)}
-    raise ValueError(f"config.model.freeze={spec!r} is unknown; valid: none, backbone, fraction:F, regex:A,B.")
+    raise ConfigError(f"config.model.freeze={spec!r} is unknown; valid: none, backbone, fraction:F, regex:A,B.")
 
 
 def build(
