@@ -65,6 +65,7 @@ RANDOM_SPECS = [s for s in SPECS if s.split("(")[0] not in DETERMINISTIC]
 WITHOUT_MASK = ("resize(16, 20)", "channels(1)", "flip_lr", "rotate(0.2)", "random_crop(20, padding=4)", "hue(0.2)")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec, dense", [(s, True) for s in SPECS] + [(s, False) for s in WITHOUT_MASK])
 def test_eager_equals_dataset_map_and_shapes_kept(spec, dense):
     image, mask = scene()

@@ -106,6 +106,7 @@ def test_every_key_argument_has_an_example():
     assert declared == set(KEY_EXAMPLES)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, arg", CASES, ids=[f"{n}:{a}" for n, a in CASES])
 def test_argument_builds_validates_and_instantiates_its_model(name, arg, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # relative paths (finetune's runs/...) resolve in an empty folder
@@ -201,6 +202,7 @@ def test_s3_simple_cnn_has_the_tensorflow_tutorials_parameter_count():
     assert sum(x.size for x in jax.tree.leaves(params)) == 122_570  # the tutorial's model.summary()
 
 
+@pytest.mark.slow
 def test_s2_presets_train_with_their_own_dropout():
     """model.dropout 0 must keep a preset's dropout ops (spec_cnn replaces every rate with a rate > 0)."""
     config = _module("fashion3_cnn").get_config("arch5")
@@ -215,6 +217,7 @@ def test_s2_presets_train_with_their_own_dropout():
     assert float(jnp.abs(run(1) - run(2)).max()) > 0  # dropout is active in training
 
 
+@pytest.mark.slow
 def test_s2_kfold_folds_hold_out_disjoint_validation_sets_and_the_same_test_set():
     fashion = _module("fashion3_cnn")
     loaded = []
@@ -289,11 +292,13 @@ def _train_smoke(config, workdir: Path) -> dict:
 SMOKE_TRAINED = [name for name in CONFIG_NAMES if name not in ("cls_basicblock", "seg_mobilenet")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SMOKE_TRAINED)
 def test_smoke_variant_trains_end_to_end(name, tmp_path):
     _train_smoke(_module(name).get_config("smoke"), tmp_path / name)
 
 
+@pytest.mark.slow
 def test_s1_finetune_continues_the_smoke_run_from_its_default_workdir(tmp_path, monkeypatch, capsys):
     """`:finetune,smoke` starts from runs/cls_basicblock_smoke, where `:smoke` trains by default."""
     s1 = _module("cls_basicblock")

@@ -1,8 +1,11 @@
 """benchmarks/conv_layers.py --quick: the rules table has a row per rule, each saying whether the rule agrees."""
 
+import pytest
+
 from benchmarks import conv_layers
 
 
+@pytest.mark.slow
 def test_rule_check_has_every_rule_and_an_agreement_column():
     rows = conv_layers.check_rules(quick=True, repeats=1)
     assert {row["rule"] for row in rows} == set(conv_layers.RULES)

@@ -193,6 +193,7 @@ def test_oversampled_copies_are_augmented_and_fill_each_epoch():
         np.testing.assert_allclose(first_batch[position], expected, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_mode_data_prints_counts_and_writes_stats_and_grids(tmp_path):
     import json
     import subprocess

@@ -81,12 +81,14 @@ def _assert_close(ours, theirs) -> None:
     assert np.abs(ours - theirs).max() < 1e-4 * scale
 
 
+@pytest.mark.slow
 def test_densenet121_logits_match_keras(keras121_top, template121_top, inputs):
     model = densenet.DenseNet121(num_classes=5, include_top=True)
     variables = assign(template121_top, layers_from_model(keras121_top))
     _assert_close(_apply(model, variables, inputs, train=False), keras121_top(inputs, training=False))
 
 
+@pytest.mark.slow
 def test_densenet121_features_match_keras(keras121_top, template121_top, inputs):
     # Keras' include_top=False model is exactly this graph up to its last layer, "relu".
     keras_model = keras.Model(keras121_top.input, keras121_top.get_layer("relu").output)
@@ -98,6 +100,7 @@ def test_densenet121_features_match_keras(keras121_top, template121_top, inputs)
     _assert_close(ours, keras_model(inputs, training=False))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["densenet121", "densenet169", "densenet201"])
 def test_names_and_parameter_counts_match_keras(name, request):
     if name == "densenet121":  # the parity models, with 5 classes
@@ -111,6 +114,7 @@ def test_names_and_parameter_counts_match_keras(name, request):
     assert _size(variables["batch_stats"]) == _keras_size(keras_model.non_trainable_weights)
 
 
+@pytest.mark.slow
 def test_frozen_batchnorm_keeps_running_statistics_in_training(inputs):
     small = functools.partial(densenet.DenseNet, blocks=(1, 1, 1, 1))
     variables = _template(small())  # random values without compiling a random init
@@ -146,6 +150,7 @@ def test_registry_weights_are_keras_files():
             assert hashes[url.rsplit("/", 1)[1]] == file_hash
 
 
+@pytest.mark.slow
 def test_densenet121_matches_keras_where_transitions_see_odd_maps(keras121_top, template121_top):
     # At 44 px the transitions pool 11x11 and 5x5 maps (the last row and column dropped): labjax pools
     # before the 1x1 convolution and Keras after it, which must agree there too.

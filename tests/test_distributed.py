@@ -140,6 +140,7 @@ def _final_params(workdir: Path) -> dict:
     return params
 
 
+@pytest.mark.slow
 def test_two_processes_train_the_single_process_run_and_its_checkpoint_restores_in_one(tmp_path, reference):
     workdir, port = tmp_path / "two_processes", _free_port()
     overrides = [f"--config.{key}={value}" for key, value in OVERRIDES.items()]
@@ -187,6 +188,7 @@ def test_two_processes_train_the_single_process_run_and_its_checkpoint_restores_
     assert result["accuracy"] == pytest.approx(status["final"]["val_accuracy"], rel=RTOL)
 
 
+@pytest.mark.slow
 def test_one_two_four_and_eight_devices_give_the_same_loss_curve(tmp_path, reference):
     result = subprocess.run(
         [sys.executable, "-c", DEVICE_COUNTS, str(tmp_path), json.dumps(OVERRIDES)],

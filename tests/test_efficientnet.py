@@ -119,6 +119,7 @@ def _images() -> np.ndarray:
     return np.random.default_rng(1).uniform(0, 255, (2, SIZE, SIZE, 3)).astype("float32")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("include_top", [True, False])
 def test_forward_parity_with_keras(include_top):
     variables = _b0_variables(include_top)
@@ -159,6 +160,7 @@ def test_imagenet_rescaling_divides_by_sqrt_stddev():
     np.testing.assert_allclose(rescaled, plain / np.sqrt([0.229, 0.224, 0.225]), rtol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_parameter_counts_layers_and_drop_rates_match_keras(name, keras_summaries):
     dropouts = {}
@@ -189,6 +191,7 @@ def test_parameter_counts_layers_and_drop_rates_match_keras(name, keras_summarie
         assert dropouts[layer] == [pytest.approx(rate, abs=1e-7), dims]
 
 
+@pytest.mark.slow
 def test_stochastic_depth_only_in_training():
     variables = _b0_variables(False)
     x = _images()

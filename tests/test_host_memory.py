@@ -102,6 +102,7 @@ def test_the_restart_keeps_pid_arguments_and_interpreter_options(tmp_path):
     assert starts[-1][3] == ("glibc.malloc.hugetlb=1" if restarted else "None")
 
 
+@pytest.mark.slow
 def test_launch_py_restarts_before_its_imports(tmp_path):
     # sitecustomize runs at every interpreter start: once, or twice when launch.py restarts itself.
     (tmp_path / "sitecustomize.py").write_text(
@@ -136,6 +137,7 @@ FAULTS = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not APPLIES, reason=NOT_HERE)
 def test_huge_pages_stop_the_per_call_page_faults_of_xla_buffers():
     base = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}

@@ -97,6 +97,7 @@ def inception_reference() -> dict:
     return reference
 
 
+@pytest.mark.slow
 def test_inception_v3_matches_keras(inception_reference):
     layers = inception_v3.rename_keras_layers(inception_reference["layers"])
     _check_parity(lambda top: inception_v3.InceptionV3(NUM_CLASSES, include_top=top), inception_reference, layers)
@@ -136,6 +137,7 @@ def mobilenet_references() -> dict[float, dict]:
     return references
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("alpha", ALPHAS)
 def test_mobilenet_v2_classifier_matches_keras(mobilenet_references, alpha):
     reference = mobilenet_references[alpha]

@@ -23,6 +23,7 @@ def _launch(*args, **kwargs) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "override, expected",
     [
@@ -50,6 +51,7 @@ def test_bad_config_input_fails_at_start_with_a_clear_message(tmp_path, override
     assert not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "config, expected",
     [
@@ -75,6 +77,7 @@ def test_default_workdir_names_the_config_and_argument():
     assert default_workdir("configs/seg_mobilenet.py:quick") == Path("runs/seg_mobilenet_quick")
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_then_resume_and_eval_from_the_command_line(tmp_path):
     """On the S2 smoke config (a small CNN compiles in seconds; test_train covers segmentation)."""
     workdir = tmp_path / "run"

@@ -127,6 +127,7 @@ def test_conv_transpose(x_shape, features, kernel, strides, padding, use_bias):
         assert y.shape == (x_shape[0], x_shape[1] * strides[0], x_shape[2] * strides[1], features)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("x_shape, features, kernel, strides, padding, use_bias", TRANSPOSE_CASES[:-1])
 def test_gpu_conv_transpose_keeps_lax_forward_and_differentiates_through_taps(
     x_shape, features, kernel, strides, padding, use_bias
@@ -266,6 +267,7 @@ def test_inference_forward_of_a_conv_is_lax_but_for_shallow_inputs(cin, features
     np.testing.assert_allclose(layer.apply(params, x), want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
 
 
+@pytest.mark.slow
 def test_wide_conv_runs_lax_for_inference_and_im2col_when_differentiated():
     """XLA's convolution is the fastest forward here; its gradient is not, so training goes through im2col."""
     layer = Conv(40, impl="fast")
@@ -285,6 +287,7 @@ def test_wide_conv_runs_lax_for_inference_and_im2col_when_differentiated():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(np.abs(b).max()))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "x_shape, pads",
     [
@@ -308,6 +311,7 @@ def test_winograd_conv_equals_lax_in_value_and_gradient(x_shape, pads):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(np.abs(b).max()))
 
 
+@pytest.mark.slow
 def test_big_3x3_conv_runs_winograd_and_its_kernel_gradient_im2col():
     """VGG16's 24x24x256 convolution at batch 8: inference is 16 matmuls of transformed tiles and no
     XLA convolution; training adds 16 for the input gradient and im2col's kernel gradient (one 9 * cin
@@ -361,6 +365,7 @@ def test_winograd_is_chosen_only_where_it_was_measured_faster(x_shape, kernel_sh
     assert cpu_conv.winograd_pays(x, kernel, strides, ((1, 1), (1, 1))) == pays
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "shape, window, strides, padding",
     [
@@ -412,6 +417,7 @@ def test_max_pool_ties_share_the_gradient():
     np.testing.assert_array_equal(dx.reshape(2, 2), [[0.0, 0.5], [0.5, 0.0]])
 
 
+@pytest.mark.slow
 def test_overlapping_max_pool_ties_share_each_window_gradient():
     # 2x2 windows at stride 1 over a constant 3x3 map: every window's four cells tie and take a quarter
     # of it, so a cell gets a quarter per window it is in.
@@ -453,6 +459,7 @@ def _model_value_and_grads(model, params, x):
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, x), str(forward), str(gradient)
 
 
+@pytest.mark.slow
 def test_conv_impl_lax_makes_every_auto_layer_lax_with_the_same_values():
     model = _EveryLayer()
     rng = np.random.default_rng(0)
@@ -486,6 +493,7 @@ def test_set_conv_impl_takes_auto_or_lax_only(lax_convs):
     assert layers.conv_impl() == "lax"
 
 
+@pytest.mark.slow
 def test_a_run_with_conv_impl_lax_trains(tmp_path, lax_convs):
     """config.model.conv_impl=lax end to end: the model is built, trained and evaluated through lax."""
     from configs import seg_mobilenet

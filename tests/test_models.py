@@ -17,6 +17,7 @@ def _counts(module, size):
     return count(variables["params"]), count(variables.get("batch_stats", {}))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("alpha", [1.0, 0.35])
 def test_mobilenet_v2_matches_keras_parameter_counts(alpha):
     model = keras.applications.MobileNetV2(input_shape=(96, 96, 3), include_top=False, weights=None, alpha=alpha)
@@ -25,6 +26,7 @@ def test_mobilenet_v2_matches_keras_parameter_counts(alpha):
     assert (trainable, moving_stats) == (counts["trainable"], counts["non_trainable"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_classes, alpha", [(3, 1.0), (59, 1.0), (6, 0.35)])
 def test_unet_matches_the_keras_tutorial_model(num_classes, alpha):
     model = build_keras_unet(image_size=64, num_classes=num_classes, alpha=alpha)
@@ -46,6 +48,7 @@ def test_encoder_endpoints_have_keras_names_and_shapes():
         assert endpoints[name].shape[1:] == tuple(keras_base.get_layer(name).output.shape[1:]), name
 
 
+@pytest.mark.slow
 def test_unet_logits_at_input_resolution_and_small_cnn_shapes():
     logits = jax.eval_shape(
         lambda: unet.MobileNetV2UNet(5, 0.35).init_with_output(
@@ -104,6 +107,7 @@ def _keras_classic_unet(size: int, features: int, depth: int, num_classes: int):
     return keras.Model(inputs, layers.Conv2D(num_classes, 1)(x))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("features", [64, 8])
 def test_classic_unet_matches_the_keras_layers_of_the_paper_and_predicts_at_input_resolution(features):
     model = _keras_classic_unet(32, features, 4, 2)

@@ -299,6 +299,7 @@ def _tree():
     )
 
 
+@pytest.mark.slow
 def test_coupled_l2_and_decoupled_weight_decay():
     params, grads = _tree()
     wd, lr = 0.1, 0.5

@@ -44,6 +44,7 @@ def run(tmp_path_factory):
     }
 
 
+@pytest.mark.slow
 def test_eval_segmentation_metrics_match_numpy_on_independent_predictions(run):
     result = evaluate.evaluate(run["workdir"], "latest", "validation")
     labels, preds = run["labels"].ravel(), run["preds"].ravel()
@@ -70,6 +71,7 @@ def test_eval_segmentation_metrics_match_numpy_on_independent_predictions(run):
     assert json.loads((out / "latest_validation.json").read_text())["mean_dice"] == result["mean_dice"]
 
 
+@pytest.mark.slow
 def test_predict_writes_masks_at_the_original_size_equal_to_the_models_output(run, tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()

@@ -94,6 +94,7 @@ def _config(steps_per_execution: int, profile_steps: int):
     return config
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("steps_per_execution", [1, 2])
 def test_a_profiled_run_writes_where_the_time_went_and_trains_as_an_unprofiled_one(tmp_path, steps_per_execution):
     train.train_and_evaluate(_config(steps_per_execution, 3), tmp_path / "profiled")
@@ -126,6 +127,7 @@ def test_a_profiled_run_writes_where_the_time_went_and_trains_as_an_unprofiled_o
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_a_run_too_short_to_trace_says_so(tmp_path, capsys):
     config = _config(1, 2)
     config.data.train_size, config.num_epochs = 4, 2  # one step an epoch: never a dispatch after the first
@@ -150,6 +152,7 @@ def test_a_negative_profile_steps_is_a_config_error():
         config_lib.validate(_config(1, -1), 1)
 
 
+@pytest.mark.slow
 def test_profile_calls_traces_an_already_compiled_step(tmp_path):
     """benchmarks/speed.py --profile: the calls of a jitted step, traced and summed by layer."""
     import flax.linen as nn

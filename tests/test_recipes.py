@@ -59,6 +59,7 @@ def _run(config, workdir) -> tuple[dict, list[dict]]:
     return status, writers.read_rows(workdir / "metrics.jsonl")
 
 
+@pytest.mark.slow
 def test_recipe_add_a_model(tmp_path, monkeypatch):
     info = models.ModelInfo(
         build=lambda cfg, num_classes, frozen=(): ToyNet(num_classes), task="classification", min_size=1
@@ -73,6 +74,7 @@ def test_recipe_add_a_model(tmp_path, monkeypatch):
     assert any("val_loss" in row for row in rows)
 
 
+@pytest.mark.slow
 def test_recipe_add_a_data_source(tmp_path, monkeypatch):
     monkeypatch.setitem(pipeline.SOURCES, "toy", _toy_source)
     config = _tiny_config(tmp_path)
@@ -82,6 +84,7 @@ def test_recipe_add_a_data_source(tmp_path, monkeypatch):
     assert 0 <= status["final"]["val_accuracy"] <= 1
 
 
+@pytest.mark.slow
 def test_recipe_add_a_metric(tmp_path, monkeypatch):
     table = {**tasks.EPOCH_METRICS["classification"], "error": lambda computed: 1 - float(computed["accuracy"])}
     monkeypatch.setitem(tasks.EPOCH_METRICS, "classification", table)

@@ -60,6 +60,7 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_folder_of_runs_gives_one_table_with_differing_overrides_best_and_final_metrics(tmp_path):
     """A shell loop's folders (no sweep.json): the differing key is found from the configs."""
     learning_rates = [0.001, 0.01, 0.1]
@@ -139,6 +140,7 @@ def test_binary_metrics_follow_their_definitions():
     assert report.binary_metrics([[3, 0], [0, 0]])["TPR"] is None  # no positives: undefined, not 0
 
 
+@pytest.mark.slow
 def test_k_fold_members_are_grouped_with_mean_and_std_per_setting(tmp_path):
     best = {}
     for dropout in (0.0, 0.5):
@@ -170,6 +172,7 @@ def test_names_from_users_and_data_are_escaped(tmp_path):
     assert "<script>" not in markdown and "&lt;script&gt;alert(1)&lt;_script&gt;" in markdown
 
 
+@pytest.mark.slow
 def test_report_of_a_folder_without_runs_fails_clearly(tmp_path):
     with pytest.raises(FileNotFoundError, match="no run found"):
         report.write_report(tmp_path)

@@ -70,11 +70,13 @@ def check_parity(model, keras_net: keras.Model) -> None:
     assert np.abs(ours - theirs).max() < 1e-4 * scale
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet50", "resnet50v2"])
 def test_matches_keras_with_top(name):
     check_parity(VARIANTS[name]["cls"](include_top=True, num_classes=CLASSES), keras_model(name))
 
 
+@pytest.mark.slow
 def test_matches_keras_without_top():
     full = keras_model("resnet50")
     # Keras' include_top=False, pooling=None model is exactly this sub-graph (same layers, same weights).
@@ -83,6 +85,7 @@ def test_matches_keras_without_top():
     check_parity(ResNet(include_top=False), notop)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(KERAS_BUILDERS))
 def test_parameter_counts_match_keras(name):
     variables = abstract_variables(VARIANTS[name]["cls"](include_top=True, num_classes=CLASSES))

@@ -32,6 +32,7 @@ def _status(workdir) -> dict:
     return json.loads((workdir / "status.json").read_text())
 
 
+@pytest.mark.slow
 def test_early_stopping_stops_after_patience_and_ends_with_the_best_weights(tmp_path):
     """min_delta so large that no epoch after the first counts as better: the run stops after
     1 + patience epochs, and its final checkpoint holds the first epoch's weights."""
@@ -61,6 +62,7 @@ def test_early_stopping_stops_after_patience_and_ends_with_the_best_weights(tmp_
     assert len(_rows(tmp_path)) == 3
 
 
+@pytest.mark.slow
 def test_early_stopping_monitor_must_be_a_logged_metric(tmp_path):
     config = _config(epochs=2)
     config.early_stopping.patience = 1
@@ -72,6 +74,7 @@ def test_early_stopping_monitor_must_be_a_logged_metric(tmp_path):
         config_lib.validate(config, 4)
 
 
+@pytest.mark.slow
 def test_reduce_on_plateau_halves_the_rate_after_each_bad_epoch_and_survives_a_resume(tmp_path):
     """An absolute threshold no epoch can beat: epoch 1 sets the best, every later epoch is bad,
     and with patience 0 each bad epoch halves the rate the next epoch uses (PyTorch's trace)."""
@@ -88,6 +91,7 @@ def test_reduce_on_plateau_halves_the_rate_after_each_bad_epoch_and_survives_a_r
     assert (tmp_path / "plots" / "learning_rate.png").exists()
 
 
+@pytest.mark.slow
 def test_label_smoothing_loss_matches_optax_with_smoothed_targets():
     logits = jax.random.normal(jax.random.key(0), (6, 5)) * 3
     labels = jnp.array([0, 4, 2, 2, 1, 3])
@@ -110,6 +114,7 @@ def _one_step_losses(config, **step_options):
     return start, new_state, float(metrics.loss.compute())
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_params_and_tracks_the_float32_loss():
     config = _config()
     config.model.name, config.model.layers = "spec_cnn", "arch4"  # with BatchNorm
@@ -121,6 +126,7 @@ def test_bfloat16_compute_keeps_float32_params_and_tracks_the_float32_loss():
     assert loss16 != loss32  # the compute really ran in bfloat16
 
 
+@pytest.mark.slow
 def test_l2_penalty_enters_the_gradient_but_not_the_logged_loss():
     """SGD lr 1 on the objective loss + wd * sum(w^2): the update differs from the plain one by
     exactly -2 * wd * w on kernels and not at all on biases; the logged loss is the same."""
@@ -136,6 +142,7 @@ def test_l2_penalty_enters_the_gradient_but_not_the_logged_loss():
         np.testing.assert_allclose(np.asarray(d) - np.asarray(p), expected, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_fine_tuning_starts_from_a_finished_run_and_joins_its_curves(tmp_path):
     first, second = tmp_path / "first", tmp_path / "second"
     train.train_and_evaluate(_config(epochs=2), first)

@@ -253,6 +253,7 @@ def test_basicblocknet_shapes_and_counts():
     assert out.shape == (2, 200)
 
 
+@pytest.mark.slow
 def test_basicblocknet_sgd_step_reduces_loss():
     rng = np.random.default_rng(4)
     x = jnp.asarray(rng.uniform(size=(4, 32, 32, 3)), jnp.float32)

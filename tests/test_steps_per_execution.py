@@ -55,6 +55,7 @@ def runs(tmp_path_factory):
     return root, stopped
 
 
+@pytest.mark.slow
 def test_three_steps_per_dispatch_log_and_train_as_one_at_a_time(runs):
     root, _ = runs
     one, three = _rows(root / "one"), _rows(root / "three")
@@ -66,6 +67,7 @@ def test_three_steps_per_dispatch_log_and_train_as_one_at_a_time(runs):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_no_chunk_runs_past_stop_after_step_and_the_resume_starts_there(runs):
     root, stopped = runs
     assert stopped["step"] == 11  # 3 steps from 7, then 1: the stop is not overrun
@@ -73,6 +75,7 @@ def test_no_chunk_runs_past_stop_after_step_and_the_resume_starts_there(runs):
     assert _rows(root / "three")[0] == stopped["rows"][0]  # the resume keeps epoch 1's row, writes epoch 2's once
 
 
+@pytest.mark.slow
 def test_the_pipeline_chunks_are_the_batches_stacked_mixing_included():
     """From step 2 of a 7-step epoch in chunks of 3: chunks of 3, 2 holding exactly the batches, mixup's pairs too."""
     config = _config(3)

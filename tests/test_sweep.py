@@ -163,6 +163,7 @@ def test_outcome_reads_exit_status_and_error_lines():
     assert status == "failed" and error.endswith("ZeroDivisionError: boom")
 
 
+@pytest.mark.slow
 def test_a_tiny_sweep_through_the_api_records_divergence_goes_on_resumes_and_reports(tmp_path, capsys):
     """2x1 product: the first member diverges (lr 1e30 gives NaN at the first logged steps), the second trains."""
     workdir = tmp_path / "sweep"
@@ -230,6 +231,7 @@ def _wait_for(predicate, timeout: float = 300) -> None:
         time.sleep(0.2)
 
 
+@pytest.mark.slow
 def test_launch_sweep_runs_members_in_parallel_records_a_killed_one_and_stops_on_ctrl_c(tmp_path):
     workdir = tmp_path / "sweep"
     args = [

@@ -42,6 +42,7 @@ def test_miou_matches_keras_mean_iou():
     assert ours["accuracy"] == pytest.approx(np.mean(labels == logits.argmax(-1)))
 
 
+@pytest.mark.slow
 def test_masked_loss_and_accuracy_are_exact_means_over_counted_labels():
     logits, labels, valid = _random_case(2)
     mask = tasks.label_mask(jnp.asarray(labels), jnp.asarray(valid), 5)

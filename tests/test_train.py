@@ -33,6 +33,7 @@ def _relative_difference(a, b) -> float:
     return float(np.linalg.norm(a - b) / np.linalg.norm(a))
 
 
+@pytest.mark.slow
 def test_train_step_gives_the_same_result_on_one_and_several_devices():
     """Same losses, and parameter updates as close as float rounding allows.
 
@@ -81,6 +82,7 @@ def runs(tmp_path_factory):
     return config, root, whole, interrupted, resumed
 
 
+@pytest.mark.slow
 def test_interrupt_saves_a_checkpoint_and_resume_continues_exactly(runs):
     config, root, whole, interrupted, resumed = runs
     assert interrupted["status"]["status"] == "interrupted" and interrupted["status"]["step"] == 5
@@ -95,6 +97,7 @@ def test_interrupt_saves_a_checkpoint_and_resume_continues_exactly(runs):
             assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-5), key
 
 
+@pytest.mark.slow
 def test_run_folder_holds_config_status_metrics_plots_and_checkpoints(runs):
     config, root, whole, _, _ = runs
     workdir = root / "whole"
@@ -109,6 +112,7 @@ def test_run_folder_holds_config_status_metrics_plots_and_checkpoints(runs):
     assert steps[-1] == 8 and status["best_step"] in steps
 
 
+@pytest.mark.slow
 def test_evaluate_restores_the_checkpoint_and_reproduces_validation_metrics(runs):
     _, root, whole, _, _ = runs
     result = evaluate.evaluate(root / "whole", "latest", "validation")
@@ -122,6 +126,7 @@ def test_evaluate_restores_the_checkpoint_and_reproduces_validation_metrics(runs
         evaluate.evaluate(root / "whole", "3", "validation")
 
 
+@pytest.mark.slow
 def test_a_different_config_in_the_same_workdir_is_refused_and_nothing_is_lost(runs):
     config, root, _, _, _ = runs
     workdir = root / "whole"
@@ -141,6 +146,7 @@ def test_a_different_config_in_the_same_workdir_is_refused_and_nothing_is_lost(r
     assert train.train_and_evaluate(longer, workdir)["miou"] == pytest.approx(runs[2]["miou"])
 
 
+@pytest.mark.slow
 def test_a_diverging_run_stops_with_status_diverged(tmp_path):
     config = seg_mobilenet.get_config("smoke")
     config.model.name, config.model.alpha = "unet", 0.125
@@ -151,6 +157,7 @@ def test_a_diverging_run_stops_with_status_diverged(tmp_path):
     assert status["status"] == "diverged" and status["step"] >= 1
 
 
+@pytest.mark.slow
 def test_classification_task_trains_the_small_cnn(tmp_path):
     config = seg_mobilenet.get_config("smoke")
     config.task = "classification"
@@ -175,6 +182,7 @@ def _small_cnn_update(batch, class_weights=None):
     return np.concatenate([x.ravel() for x in jax.tree.leaves(jax.device_get(state.params))])
 
 
+@pytest.mark.slow
 def test_class_weights_and_mixed_labels_enter_the_loss_as_defined():
     rng = np.random.default_rng(0)
     images = rng.normal(size=(8, 28, 28, 1)).astype(np.float32)
@@ -198,6 +206,7 @@ def test_class_weights_and_mixed_labels_enter_the_loss_as_defined():
     np.testing.assert_allclose(all_b, _small_cnn_update({"image": images, "label": other}), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_building_a_model_and_its_train_step_does_not_load_tensorflow():
     """TensorFlow loads where a run reads data: a step can be built where it is not installed (GPU images)."""
     import subprocess

@@ -54,6 +54,7 @@ def vectorized_sweep(tmp_path_factory):
     return workdir, root / "alone", record
 
 
+@pytest.mark.slow
 def test_each_member_matches_the_same_member_trained_alone(vectorized_sweep):
     workdir, alone, record = vectorized_sweep
     assert {m["name"]: m["status"] for m in record["members"]} == {
@@ -76,6 +77,7 @@ def test_each_member_matches_the_same_member_trained_alone(vectorized_sweep):
     assert steps == {"f0_lr0.002": 6, "f0_lr0.01_b0.8": 6, "f4_lr0.002": 7}  # fold 4 has its own batches
 
 
+@pytest.mark.slow
 def test_a_diverged_member_is_recorded_and_the_others_finish(vectorized_sweep):
     workdir, _, record = vectorized_sweep
     entry = next(m for m in record["members"] if m["name"] == DIVERGING)
@@ -84,6 +86,7 @@ def test_a_diverged_member_is_recorded_and_the_others_finish(vectorized_sweep):
     assert status["status"] == "diverged" and status["loss"] == "nan"
 
 
+@pytest.mark.slow
 def test_mode_eval_works_on_a_vectorized_member(vectorized_sweep):
     workdir, _, _ = vectorized_sweep
     name = "f0_lr0.01_b0.8"

@@ -83,6 +83,7 @@ def inputs(size: int, scale: float) -> np.ndarray:
     return (scale * np.random.default_rng(1).normal(size=(2, size, size, 3))).astype(np.float32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name, keras_fn, depths, include_top",
     [
@@ -170,6 +171,7 @@ def xception_run():
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", [0, 1], ids=["include_top", "no_top"])
 def test_xception_matches_keras(xception_run, which):
     assert_close(xception_run["ours"][which], xception_run["theirs"][which])

@@ -105,6 +105,7 @@ def assert_close(ours: np.ndarray, theirs: np.ndarray) -> None:
     assert np.abs(ours - theirs).max() <= 1e-4 * scale
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", FAMILIES)
 def test_keras3_weights_file_reproduces_the_keras_model(saved, name):
     keras_net, path = saved[name]
@@ -136,6 +137,7 @@ def test_keras_archive_loads_like_its_weights_file(saved, tmp_path):
             np.testing.assert_array_equal(leaf, _get(expected, path), err_msg=jax.tree_util.keystr(path))
 
 
+@pytest.mark.slow
 def test_a_file_for_another_architecture_gets_an_error_naming_it(saved):
     _, mobilenet_file = saved["mobilenetv2"]
 
@@ -150,6 +152,7 @@ def test_a_file_for_another_architecture_gets_an_error_naming_it(saved):
         load(model_config("resnet18", mobilenet_file))
 
 
+@pytest.mark.slow
 def test_legacy_files_of_unnamed_layers_are_matched_by_order_as_keras_does(tmp_path):
     """Xception's residual layers are unnamed: a file saved in another session carries other names."""
     for _ in range(40):  # layers made first: the model's generated names start at conv2d_40 or later

@@ -33,6 +33,7 @@ print("ynn" if "ynn_fusion" in conv.lower(x, w).compile().as_text() else "xla")
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("user_flags, runs", [("", "xla"), (f"{FLAG}=+individual_convolution", "ynn")])
 def test_importing_labjax_moves_cpu_convolutions_off_ynnpack_unless_the_user_says(user_flags, runs):
     env = {**os.environ, "XLA_FLAGS": user_flags, "JAX_PLATFORMS": "cpu"}

@@ -62,6 +62,7 @@ def _changed(before, after) -> dict[tuple, bool]:
     return {tuple(p.key for p in path): not np.array_equal(b, a) for (path, b), a in zip(flat_b, flat_a)}
 
 
+@pytest.mark.slow
 def test_freezing_the_backbone_trains_only_the_head_and_keeps_batchnorm_statistics():
     config = _model_config("resnet18", freeze="backbone", small_inputs=True, dropout=0.2)
     _, frozen, state, before, after = _one_step(config, (32, 32, 3))
@@ -77,6 +78,7 @@ def test_freezing_the_backbone_trains_only_the_head_and_keeps_batchnorm_statisti
     assert optim.current_learning_rate(state.opt_state) == pytest.approx(1e-3)
 
 
+@pytest.mark.slow
 def test_freezing_a_fraction_keeps_the_last_layers_trainable():
     config = _model_config("resnet18", freeze="fraction:0.25", small_inputs=True)
     model, frozen, _, before, after = _one_step(config, (32, 32, 3))
@@ -93,6 +95,7 @@ def test_freezing_a_fraction_keeps_the_last_layers_trainable():
         config_lib.validate(_model_config("resnet18", freeze="fraction:2"), num_devices=1)
 
 
+@pytest.mark.slow
 def test_frozen_layers_are_constants_of_the_gradient_and_run_their_inference_forward(monkeypatch):
     """The trainable layers' update equals that of differentiating every parameter, while the frozen
     convolutions run their inference forward (on the CPU lax's convolution, not the im2col patches
@@ -157,6 +160,7 @@ def _inference(model, variables, x):
     return np.asarray(forward.compile({"xla_backend_optimization_level": 0})(variables, x))
 
 
+@pytest.mark.slow
 def test_keras_file_with_its_top_reproduces_the_keras_model(keras_mobilenet):
     config = _model_config("mobilenetv2", alpha=0.35, head="original", pretrained=str(keras_mobilenet[True]))
     model = models.create_model(config.model, 5)
@@ -222,6 +226,7 @@ def test_imagenet_download_is_hash_checked_and_cached(tmp_path, monkeypatch):
         pretrained.download((tmp_path / "gone.h5").as_uri(), None)
 
 
+@pytest.mark.slow
 def test_init_from_starts_from_another_run_with_or_without_its_head(tmp_path):
     first = fashion3_cnn.get_config("smoke")
     first.num_epochs = 1
@@ -249,6 +254,7 @@ def test_init_from_starts_from_another_run_with_or_without_its_head(tmp_path):
     assert set(train.train_and_evaluate(fewer, tmp_path / "fewer")) == {"loss", "accuracy"}
 
 
+@pytest.mark.slow
 def test_summary_counts_parameters_flops_and_memory(tmp_path):
     config = _model_config("resnet18", small_inputs=True, freeze="backbone")
     config.batch_size = 4
