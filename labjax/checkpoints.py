@@ -8,6 +8,8 @@ mesh, so a run trained on N GPUs restores on one CPU.
 
 import json
 import logging
+import os
+import shutil
 from pathlib import Path
 
 import jax
@@ -129,6 +131,17 @@ class Checkpoints:
 
     def close(self) -> None:
         self.manager.close()
+
+    def set_aside(self, step: int) -> Path:
+        """Moves an unreadable step to WORKDIR/corrupt_checkpoints/ (kept, not deleted), so a resumed run
+        can save that step again; returns where it went."""
+        target = self.directory.parent / "corrupt_checkpoints" / str(step)
+        target.parent.mkdir(exist_ok=True)
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.move(str(self.directory / str(step)), target)
+        self.manager.reload()
+        return target
 
     def _saved_shapes(self, step: int, name: str, sharding) -> dict:
         """The saved item's tree of shapes and dtypes, laid out with `sharding`."""
@@ -256,7 +269,15 @@ class _Best:
 
 
 def write_json(path: Path, value: dict) -> None:
-    """Writes atomically, so a crash never leaves a half-written status or config file."""
+    """Writes atomically and durably: a crash or a power cut leaves the old file or the new, never half of one."""
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=True))
+    with open(tmp, "w") as file:
+        file.write(json.dumps(value, indent=2, sort_keys=True))
+        file.flush()
+        os.fsync(file.fileno())
     tmp.replace(path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename itself
+    finally:
+        os.close(directory)

@@ -255,12 +255,31 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         "an integer >= 0 (train steps to trace into WORKDIR/profile; 0: none)",
     )
     _check(config.checkpoint.keep >= 1, "checkpoint.keep", config.checkpoint.keep, "an integer >= 1")
+    _validate_monitors(config)
     _check(
         config.checkpoint.best_mode in ("min", "max"),
         "checkpoint.best_mode",
         config.checkpoint.best_mode,
         "'min' or 'max'",
     )
+
+
+def _validate_monitors(config: ml_collections.ConfigDict) -> None:
+    """The metrics that early stopping, the best checkpoint and the plateau schedule watch, and how
+    often checkpoints are saved: checked before training, not after the first epoch."""
+    from labjax import tasks
+
+    names = tasks.logged_metrics(config.task)
+    every = config.checkpoint.every_epochs
+    _check(isinstance(every, int) and every >= 1, "checkpoint.every_epochs", every, "an integer >= 1")
+    watched = [("checkpoint.best_metric", config.checkpoint.best_metric, True)]
+    watched.append(("early_stopping.monitor", config.early_stopping.monitor, config.early_stopping.patience > 0))
+    watched.append(
+        ("optimizer.plateau.monitor", config.optimizer.plateau.monitor, config.optimizer.schedule == "plateau")
+    )
+    for key, value, used in watched:
+        if used and value:
+            _check(value in names, key, value, f"a metric this {config.task} run logs: one of {names}")
 
 
 def _validate_model(model: ml_collections.ConfigDict, info) -> None:

@@ -47,19 +47,34 @@ def eval_step_fn(model, num_classes: int):
     return eval_step
 
 
+class EvaluationStopped(Exception):
+    """`should_stop()` said so between two batches (a SIGTERM during a long validation pass)."""
+
+
 def evaluate_split(
-    eval_step, variables, data, split: str, config, mesh, keep_predictions: int = 0, keep_scores: bool = False
+    eval_step,
+    variables,
+    data,
+    split: str,
+    config,
+    mesh,
+    keep_predictions: int = 0,
+    keep_scores: bool = False,
+    should_stop=None,
 ):
     """Exact metrics over a whole split, and the first `keep_predictions` predictions.
 
     With `keep_scores` (classification), `computed` also holds every real example's class
     probabilities and label ('probabilities', 'labels', in split order) for ROC AUC.
+    `should_stop()`, asked between batches, raises EvaluationStopped when true.
     """
     from labjax.data import pipeline  # TensorFlow loads where data is read, not where a step is built
 
     collected, predictions, scores, labels = None, [], [], []
     batches = pipeline.eval_batches(data, split, config, None, jax.process_index(), jax.process_count())
     for batch in batches:
+        if should_stop is not None and should_stop():
+            raise EvaluationStopped
         metrics, outputs = eval_step(variables, parallel.to_global(batch, mesh))
         collected = metrics if collected is None else collected.merge(metrics)
         if sum(len(p) for p in predictions) < keep_predictions:

@@ -80,7 +80,10 @@ def initialize_distributed(
         return False
     if "JAX_CPU_COLLECTIVES_IMPLEMENTATION" not in os.environ:  # CPU devices of several processes talk through gloo
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(**args)
+    # A process that dies stops its heartbeats; the others then fail within this bound instead of
+    # waiting in their next collective for ever (LABJAX_HEARTBEAT_TIMEOUT_S, seconds).
+    heartbeat = int(os.environ.get("LABJAX_HEARTBEAT_TIMEOUT_S", "60"))
+    jax.distributed.initialize(**args, heartbeat_timeout_seconds=heartbeat)
     return jax.process_count() > 1
 
 

@@ -176,6 +176,7 @@ class RunRecord:
         self.writer = writers.create_writer(self.workdir, jax.process_index() == 0)
         self.step, self.train_time, self.stopped_early = 0, 0.0, False
         self.summary, self.computed = None, None  # the latest validation summary and computed metrics
+        self.pending_epoch = None  # an epoch's train scalars when a stop came before its end was recorded
         self._open = True
 
     @property
@@ -186,17 +187,19 @@ class RunRecord:
         workdir_lib.write_status(self.workdir, status, **fields)
 
     def restore(self, state) -> tuple[Any, bool]:
-        """Resumes from the latest checkpoint: (state, done), done when the run had already ended.
+        """Resumes from the newest intact checkpoint: (state, done), done when the run had already ended.
 
         The run's time, early stopping and plateau come back with it; metrics.jsonl loses the rows
-        written after that checkpoint (the resumed run writes them again).
+        written after that checkpoint (the resumed run writes them again), all of them when there
+        is none. An unreadable checkpoint is set aside (corrupt_checkpoints/) and the next older one used.
         """
-        latest = self.checkpoints.latest_step()
-        if latest is None:
-            return state, False
         from labjax import writers
 
-        restored = self.checkpoints.restore(latest, state)
+        restored = self._restore_newest_intact(state)
+        if jax.process_index() == 0:
+            writers.truncate_after(self.workdir / "metrics.jsonl", restored["metadata"]["step"] if restored else 0)
+        if restored is None:
+            return state, False
         metadata = restored["metadata"]
         state = state.replace(
             step=jax.device_put(np.int32(metadata["step"]), state.step.sharding),
@@ -205,20 +208,32 @@ class RunRecord:
             opt_state=restored["opt_state"],
         )
         self.step, self.train_time = metadata["step"], metadata.get("train_time_s", 0.0)
+        self.pending_epoch = metadata.get("pending_epoch")
         if self.stopper and metadata.get("early_stopping"):
             self.stopper.load_state_dict(metadata["early_stopping"])
         if self.plateau and metadata.get("plateau"):
             self.plateau.load_state_dict(metadata["plateau"])
-        if jax.process_index() == 0:
-            writers.truncate_after(self.workdir / "metrics.jsonl", self.step)
         if metadata.get("stopped_early"):
             print(f"{self.workdir}: stopped early at step {self.step}; nothing to do.", flush=True)
             return state, True
-        if self.step >= self.total_steps:
+        if self.step >= self.total_steps and not self.pending_epoch:
             print(f"{self.workdir}: already trained to step {self.step}; nothing to do.", flush=True)
             return state, True
         print(f"Resuming {self.workdir} from step {self.step}.", flush=True)
         return state, False
+
+    def _restore_newest_intact(self, state) -> dict | None:
+        """The newest checkpoint that restores; unreadable newer ones are set aside with a warning."""
+        for step in reversed(self.checkpoints.steps()):
+            try:
+                return self.checkpoints.restore(step, state)
+            except ckpt.CheckpointError as error:
+                if error.other_model:  # not damage: the folder holds another run
+                    raise
+                if jax.process_index() == 0:
+                    moved = self.checkpoints.set_aside(step)
+                    print(f"warning: {error} It was moved to {moved}; resuming from an older one.", flush=True)
+        return None
 
     def save(self, state, metrics: dict | None = None, **extra) -> None:
         """A checkpoint of `state` at the current step, with what resuming and evaluation need."""
@@ -236,14 +251,22 @@ class RunRecord:
             metadata["input"] = self.input_spec
         self.checkpoints.save(state, metadata, metrics)
 
+    def fail(self, error: BaseException) -> None:
+        """Records an unexpected error (status 'failed' with it), so no status stays 'running'."""
+        self.write_status("failed", step=self.step, error=f"{type(error).__name__}: {error}"[:2000])
+
     def diverge(self, loss, step: int) -> str:
         """Records a NaN or infinite loss at `step` (status 'diverged'); returns the message to show."""
         self.write_status("diverged", step=step, loss=str(loss))
         return divergence_message(loss, step)
 
-    def interrupt(self, state, reason: str) -> str:
-        """Saves a checkpoint and records the interruption; returns the message to show."""
-        self.save(state)
+    def interrupt(self, state, reason: str, pending_epoch: dict | None = None) -> str:
+        """Saves a checkpoint and records the interruption; returns the message to show.
+
+        `pending_epoch`: the train scalars of an epoch whose steps all ran but whose end (validation,
+        its metrics row) did not; the resumed run records that end first.
+        """
+        self.save(state, pending_epoch=pending_epoch)
         self.write_status("interrupted", step=self.step, reason=reason)
         return f"{reason}: checkpoint saved at step {self.step}; run the same command to resume."
 

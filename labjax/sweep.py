@@ -313,9 +313,9 @@ class SweepRecord:
     def save(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.data["updated"] = time.time()
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.data, indent=2))
-        tmp.replace(self.path)
+        from labjax import checkpoints as ckpt  # Orbax loads only here, after the members are known
+
+        ckpt.write_json(self.path, self.data)
 
 
 def _is_done(entry: dict, member: Member, workdir: Path) -> bool:
@@ -526,11 +526,24 @@ def run_sweep(
     base_overrides = dict(base_overrides or {})
     members = expand(config_argument, sweep_flags, base_overrides)
     workdir = Path(workdir) if workdir else default_workdir(config_argument)
+    with workdir_lib.FolderLock(workdir, "sweep"):  # one sweep process per folder
+        return _run_locked(
+            config_argument, workdir, members, sweep_flags, base_overrides, parallel, overwrite, report, vectorize
+        )
+
+
+def _run_locked(config_argument, workdir, members, sweep_flags, base_overrides, parallel, overwrite, report, vectorize):
+    """run_sweep's work, with the sweep folder locked."""
     record = SweepRecord(workdir, config_argument, base_overrides, sweep_flags, overwrite)
     entries = record.entries(members)
     todo = [(m, e) for m, e in zip(members, entries) if overwrite or not _is_done(e, m, workdir)]
-    for _, entry in todo:
-        if entry["status"] == "running":  # a sweep that was killed: the member resumes
+    for member, entry in todo:
+        if workdir_lib.holder_alive(workdir / member.name):
+            raise config_lib.ConfigError(
+                f"{workdir / member.name} is still being trained by a process an earlier sweep started; wait for "
+                "it to end (or stop it), then run the same command to resume the sweep."
+            )
+        if entry["status"] == "running":  # a sweep that was killed, and its member's process is gone: it resumes
             entry["status"] = "interrupted"
     record.save()
     skipped = len(members) - len(todo)

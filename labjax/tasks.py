@@ -161,6 +161,12 @@ REPORT_BINARY_COLUMNS: dict[str, str] = {
 PRIMARY_METRICS = ("val_miou", "val_accuracy")
 
 
+def logged_metrics(task: str) -> list[str]:
+    """The names a run logs each epoch (train_* and val_*): what a monitor or best_metric may name."""
+    train = [f"train_{name}" for name in TrainMetrics.__annotations__]
+    return train + [f"val_{name}" for name in EPOCH_METRICS[task]]
+
+
 def eval_summary(task: str, computed: dict) -> dict:
     """Scalars to log from a computed EvalMetrics (names without the 'val_' prefix): EPOCH_METRICS[task]."""
     values = {name: metric(computed) for name, metric in EPOCH_METRICS[task].items()}

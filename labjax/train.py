@@ -5,6 +5,7 @@ reduces gradients and BatchNorm statistics over the whole global batch, so a run
 same result on 1 or N devices.
 """
 
+import contextlib
 import dataclasses
 import functools
 import time
@@ -321,6 +322,9 @@ class _Loop:
     def run(self, state: TrainState) -> TrainState:
         record, next_batches = self.record, None  # the next epoch's iterator is built while this one computes
         with StopRequests() as stop:
+            self.stop = stop
+            if record.pending_epoch:  # a stop came after the epoch's steps, before its end was recorded
+                state = self._end_epoch(state, record.pending_epoch, (record.step - 1) // record.steps_per_epoch)
             while record.step < record.total_steps and not record.stopped_early:
                 epoch = record.step // record.steps_per_epoch
                 tic = time.perf_counter()
@@ -396,14 +400,24 @@ class _Loop:
         if not np.isfinite(loss):
             raise TrainingDiverged(self.record.diverge(loss, self.record.step))
 
-    def _validate(self, variables) -> tuple[dict, dict]:
+    def _validate(self, variables, stoppable: bool = False) -> tuple[dict, dict]:
+        """The validation split's metrics; `stoppable`: a SIGTERM stops the pass between batches."""
         summary, computed, _ = evaluation.evaluate_split(
-            self.steps.eval_step, variables, self.data, "validation", self.config, self.mesh
+            self.steps.eval_step,
+            variables,
+            self.data,
+            "validation",
+            self.config,
+            self.mesh,
+            should_stop=(lambda: self.stop.signal is not None) if stoppable else None,
         )
         return summary, computed
 
     def _end_epoch(self, state, train: dict, epoch: int) -> TrainState:
-        summary, computed = self._validate({"params": state.params, "batch_stats": state.batch_stats})
+        try:
+            summary, computed = self._validate({"params": state.params, "batch_stats": state.batch_stats}, True)
+        except evaluation.EvaluationStopped:
+            raise TrainingInterrupted(self.record.interrupt(state, self.stop.signal, pending_epoch=train)) from None
         learning_rate = optim.current_learning_rate(state.opt_state)
         end = self.record.end_epoch(state, train, summary, computed, learning_rate, self._validate)
         print(
@@ -437,13 +451,23 @@ def train_and_evaluate(
     # TensorFlow (tf.data) loads here, where a run reads data: building a model, its state and
     # step (benchmarks, notebooks, the GPU image without TensorFlow) do not need it.
     from labjax.data import pipeline
-    from labjax.data.input_spec import InputSpec
 
     config_lib.validate(config)
     info = models.model_info(config.model.name)
     data = pipeline.load(config, info.preprocessing)  # bad data fails here, before the workdir is touched
     check_input_fits_model(config, data.input_shape)
     workdir = Path(workdir)
+    # One process trains in a folder at a time; process 0 holds the lock for a multi-process run.
+    lock = workdir_lib.FolderLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
+    with lock:
+        return _train_in(config, workdir, data, info, overwrite, stop_after_step)
+
+
+def _train_in(config, workdir: Path, data, info, overwrite: bool, stop_after_step: int | None) -> dict:
+    """train_and_evaluate's run, with the data loaded and the workdir locked."""
+    from labjax.data import pipeline
+    from labjax.data.input_spec import InputSpec
+
     resuming = workdir_lib.check_workdir(config, workdir, overwrite)
     mesh = parallel.make_mesh()
     steps_per_epoch = pipeline.steps_per_epoch(data, config.batch_size)
@@ -477,8 +501,12 @@ def train_and_evaluate(
     loop = _Loop(config, data, mesh, _make_steps(config, data, model, mesh), record, stop_after_step)
     try:
         loop.run(state)
-    except BaseException:
-        record.close()  # waits for a checkpoint being written
+    except (TrainingDiverged, TrainingInterrupted):
+        record.close()  # waits for a checkpoint being written; the status says what happened
+        raise
+    except BaseException as error:
+        record.fail(error)  # no status stays 'running' after a crash
+        record.close()
         raise
     record.finish(loop.steps_per_s(), num_params=num_params, trainable_params=trainable)
     print(f"Finished in {_format_time(record.train_time)} of training; workdir {workdir}.", flush=True)

@@ -115,6 +115,7 @@ class _Member:
         self.total_steps = steps if steps > 0 else config.num_epochs * self.steps_per_epoch
         self.status, self.error = "running", None
         self.record: RunRecord | None = None
+        self.lock: workdir_lib.FolderLock | None = None
 
     @property
     def active(self) -> bool:
@@ -125,6 +126,7 @@ class _Member:
         return self.record.step
 
     def open(self) -> None:
+        self.lock = workdir_lib.FolderLock(self.workdir).acquire()
         workdir_lib.claim_workdir(self.config, self.workdir, overwrite=True)
         self.record = RunRecord(
             self.config,
@@ -140,6 +142,8 @@ class _Member:
     def close(self) -> None:
         if self.record is not None:
             self.record.close()
+        if self.lock is not None:
+            self.lock.release()
 
     def diverge(self, loss: str) -> None:
         self.status = "diverged"
@@ -274,20 +278,25 @@ def train_group(names: list[str], configs: list, workdirs: list[Path], *, stop_a
     info = models.model_info(configs[0].model.name)
     streams, members = _load_streams(names, configs, workdirs, info)
     group = _Group(members, streams, info)
-    for member in members:
-        member.open()
     print(
         f"[vectorize] {len(members)} members in one program ({len(streams)} data stream(s)): "
         + ", ".join(m.name for m in members),
         flush=True,
     )
     try:
+        for member in members:
+            member.open()
         group.run(stop_after_step)
     except TrainingInterrupted:
         for member in members:
             if member.active:
                 member.status, member.error = "interrupted", "interrupted; restarts from scratch with --vectorize"
                 member.record.write_status("interrupted", step=member.step, reason="vectorized group stopped")
+        raise
+    except Exception as error:
+        for member in members:  # no status stays 'running' after a crash
+            if member.active and member.record is not None:
+                member.record.fail(error)
         raise
     finally:
         for member in members:
@@ -506,8 +515,12 @@ def run_groups(groups: list[list], workdir: Path, on_start, on_end) -> bool:
         try:
             results = train_group([m.name for m in group], [m.config for m in group], [workdir / m.name for m in group])
         except (TrainingInterrupted, KeyboardInterrupt) as error:
-            for member in group:
-                on_end(member, "interrupted", str(error) or "KeyboardInterrupt")
+            for member in group:  # members that ended before the stop keep their outcome
+                status = workdir_lib.read_status(workdir / member.name)
+                if status.get("status") in ("finished", "diverged"):
+                    on_end(member, status["status"], None)
+                else:
+                    on_end(member, "interrupted", str(error) or "KeyboardInterrupt")
             return False
         except Exception as error:  # noqa: BLE001 - a failing group is recorded and the sweep goes on
             tail = "".join(traceback.format_exc().splitlines(keepends=True)[-15:])

@@ -5,7 +5,9 @@ checkpoints/, tensorboard/, plots/, and what eval and predict add. `cli` and `sw
 these conventions here, so neither imports the other for them.
 """
 
+import fcntl
 import json
+import os
 import re
 import shutil
 import time
@@ -29,6 +31,8 @@ OWN_FILES = (
     "status.json",
     "config.json",
 )
+MARKER = ".labjax-run"  # written into every folder a run claims: --overwrite deletes only in such folders
+LOCK = ".lock"  # held (fcntl) by the process training in the folder, or running the sweep
 # launch.py's exit statuses, which scripts and sweeps tell apart.
 EXIT_FAILED_MEMBERS, EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED = 1, 2, 3, 130
 
@@ -69,6 +73,7 @@ def check_workdir(config, workdir: Path, overwrite: bool) -> bool:
     Reads only: nothing is written or deleted until the run is known to start (claim_workdir).
     """
     if overwrite:
+        check_overwritable(workdir)
         return False
     saved_path = workdir / "config.json"
     saved = json.loads(saved_path.read_text()) if saved_path.exists() else _config_in_checkpoints(workdir)
@@ -97,6 +102,7 @@ def claim_workdir(config, workdir: Path, overwrite: bool) -> None:
                 path = workdir / name
                 shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
         workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / MARKER).write_text("A labjax run folder: --overwrite deletes the run's files here.\n")
         ckpt.write_json(workdir / "config.json", config_lib.to_dict(config))
     parallel.sync("claim_workdir")
 
@@ -112,3 +118,75 @@ def _config_in_checkpoints(workdir: Path) -> dict | None:
     config = None if step is None else checkpoints.metadata(step)["config"]
     checkpoints.close()
     return config
+
+
+def is_run_folder(folder: Path) -> bool:
+    """A folder a labjax run claimed (its marker; runs from before the marker have config.json and status.json)."""
+    folder = Path(folder)
+    return (folder / MARKER).exists() or ((folder / "config.json").is_file() and (folder / "status.json").is_file())
+
+
+def check_overwritable(workdir: Path) -> None:
+    """--overwrite deletes a run's own files; a folder no run claimed (a project root, data) is refused."""
+    workdir = Path(workdir)
+    if not workdir.is_dir() or is_run_folder(workdir):
+        return
+    if any(p.name not in (LOCK, MARKER) for p in workdir.iterdir()):
+        raise ConfigError(
+            f"--overwrite: {workdir} is not a labjax run folder (no {MARKER} file), so nothing in it is deleted; "
+            "give --workdir a run's folder, or a new one."
+        )
+
+
+class FolderLock:
+    """An exclusive lock on FOLDER/.lock for as long as it is held: one labjax process per run or sweep folder.
+
+    fcntl's lock belongs to the open file, so the kernel releases it when the process ends, however
+    it ends (kill -9 included): a stale lock file never blocks anyone. The file names the holder's pid.
+    """
+
+    def __init__(self, folder: Path, what: str = "run"):
+        self.folder, self.what, self.file = Path(folder), what, None
+
+    def acquire(self) -> "FolderLock":
+        self.folder.mkdir(parents=True, exist_ok=True)
+        file = open(self.folder / LOCK, "a+")  # noqa: SIM115 - held open while the lock is held
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.seek(0)
+            holder = file.read().strip() or "unknown"
+            file.close()
+            raise ConfigError(
+                f"{self.folder} is in use by another labjax process (pid {holder}) training or sweeping there; "
+                f"wait for it to end (or stop it), or use another --workdir."
+            ) from None
+        file.seek(0)
+        file.truncate()
+        file.write(f"{os.getpid()}\n")
+        file.flush()
+        self.file = file
+        return self
+
+    def release(self) -> None:
+        if self.file is not None:
+            fcntl.flock(self.file, fcntl.LOCK_UN)
+            self.file.close()
+            self.file = None
+
+    def __enter__(self) -> "FolderLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def holder_alive(folder: Path) -> bool:
+    """Whether a live process holds FOLDER's lock (a run training there now)."""
+    if not (Path(folder) / LOCK).exists():
+        return False
+    try:
+        FolderLock(folder).acquire().release()
+    except ConfigError:
+        return True
+    return False

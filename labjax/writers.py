@@ -1,10 +1,14 @@
 """Metric writers: TensorBoard event files plus a metrics.jsonl that plots and reports read."""
 
 import json
+import logging
 import math
+import os
 from pathlib import Path
 
 from clu import metric_writers
+
+from labjax.errors import DataError
 
 
 class JsonlWriter(metric_writers.interface.MetricWriter):
@@ -53,17 +57,40 @@ class JsonlWriter(metric_writers.interface.MetricWriter):
 
 
 def read_rows(path: str | Path) -> list[dict]:
+    """The rows of a metrics.jsonl; a torn last line (a kill mid-append, a full disk) is dropped with a warning."""
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            if number < len(lines):
+                raise DataError(
+                    f"{path}: line {number} is not JSON ({error.msg}); it was edited by hand or damaged. "
+                    "Remove that line (the run's checkpoints are intact) and run again."
+                ) from None
+            logging.warning("%s: its last line is incomplete (a write was cut short); it is left out.", path)
+    return rows
 
 
 def truncate_after(path: str | Path, step: int) -> None:
-    """Drops rows logged after `step`: a resumed run rewrites them from its checkpoint."""
+    """Drops rows logged after `step` (and a torn last line): a resumed run rewrites them from its checkpoint.
+
+    Written to a temporary file, synced and renamed: a kill at any moment leaves the old rows or the new.
+    """
     path = Path(path)
+    if not path.exists():
+        return
     rows = [row for row in read_rows(path) if row["step"] <= step]
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w") as file:
+        file.write("".join(json.dumps(row) + "\n" for row in rows))
+        file.flush()
+        os.fsync(file.fileno())
+    tmp.replace(path)
 
 
 def create_writer(workdir: Path, is_main_process: bool) -> metric_writers.MetricWriter:

@@ -12,6 +12,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -263,3 +264,37 @@ def test_only_training_spans_processes(monkeypatch):
     assert started == []
     cli.start_processes(flags("train", "host:1", 2, 1))
     assert started == [("host:1", 2, 1)]
+
+
+@pytest.mark.slow
+def test_when_one_process_dies_the_other_stops_within_the_heartbeat_timeout(tmp_path):
+    """kill -9 of process 1 mid-training: process 0 must not wait in its next collective for ever."""
+    workdir, port = tmp_path / "two_processes", _free_port()
+    env = {**_env(2), "LABJAX_HEARTBEAT_TIMEOUT_S": "10"}
+    children = [
+        subprocess.Popen(
+            [sys.executable, "launch.py", f"--config={CONFIG}", "--config.num_epochs=200", "--config.log_every_steps=1"]
+            + [f"--workdir={workdir}", f"--coordinator=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    try:
+        deadline = time.time() + 240
+        for line in children[1].stdout:  # training has started on both (a step needs both)
+            if re.search(r"step \d+/", line) or time.time() > deadline:
+                break
+        children[1].kill()
+        children[1].wait()
+        killed_at = time.time()
+        children[0].communicate(timeout=60)  # the 10 s heartbeat timeout and the time to notice it (default: 100 s)
+        waited = time.time() - killed_at
+    finally:
+        for child in children:
+            child.kill()
+    assert children[0].returncode != 0, "process 0 went on as if nothing happened"
+    assert waited < 60

@@ -7,6 +7,8 @@ import os
 import pickle
 import socket
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import ml_collections
@@ -495,6 +497,81 @@ def test_cifar_refuses_malicious_pickle(tmp_path, evil):
     with pytest.raises(ValueError, match=r"train: not a CIFAR data file \(refused to load the global"):
         cifar.load(make_data(path=str(tmp_path)))
     assert not marker.exists()
+
+
+class ForgedDtype:
+    """numpy.dtype built from a spec, then its pickled state applied (flags, sizes, fields)."""
+
+    def __init__(self, spec: str, state: tuple):
+        self.spec, self.state = spec, state
+
+    def __reduce__(self):
+        return np.dtype, (self.spec, False, True), self.state
+
+
+class ForgedArray:
+    """numpy's array reconstruction over raw bytes with the given type: what a CIFAR file's arrays are."""
+
+    def __init__(self, shape: tuple, dtype, raw: bytes):
+        self.shape, self.dtype, self.raw = shape, dtype, raw
+
+    def __reduce__(self):
+        return np.zeros(0).__reduce__()[0], (np.ndarray, (0,), b"b"), (1, self.shape, self.dtype, False, self.raw)
+
+
+FORGED = {
+    # An object array whose flags say it holds no references: its bytes would be read as pointers.
+    "object pointers": (ForgedArray((2,), ForgedDtype("O8", (3, "|", None, None, None, 8, 8, 0)), b"A" * 16), "O8"),
+    "record fields": (
+        ForgedArray((1,), ForgedDtype("V8", (3, "|", None, ("a",), {"a": (np.dtype("O"), 0)}, 8, 1, 0)), b"A" * 8),
+        "V8",
+    ),
+    "fields on a number type": (
+        ForgedArray((1,), ForgedDtype("u8", (3, "|", None, ("a",), {"a": (np.dtype("u8"), 0)}, 8, 1, 0)), b"A" * 8),
+        "fields",
+    ),
+    "bytes fewer than the shape": (
+        ForgedArray((4096,), ForgedDtype("u1", (3, "|", None, None, None, -1, -1, 0)), b"A"),
+        "forged",
+    ),
+}
+
+
+@pytest.mark.parametrize("forgery", sorted(FORGED))
+def test_cifar_refuses_forged_arrays_without_crashing(tmp_path, forgery):
+    """A file forging NumPy arrays from numpy's own allowed globals is refused; run in a subprocess, so a
+    segfault (what dereferencing forged pointers does) fails the test instead of ending the suite."""
+    array, words = FORGED[forgery]
+    path = tmp_path / "train"
+    path.write_bytes(pickle.dumps({b"data": array, b"fine_labels": [0]}, protocol=2))
+    script = (
+        "import sys\nfrom labjax.data import cifar\n"
+        "try:\n    content = cifar.read_pickle(__import__('pathlib').Path(sys.argv[1]))\n"
+        "    print('LOADED', repr(content['data'][:1]))\n"
+        "except ValueError as error:\n    print('REFUSED', error)\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(path)], cwd=root, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, f"the loader crashed (exit {result.returncode}): {result.stderr[-2000:]}"
+    assert "REFUSED" in result.stdout and "not a CIFAR data file" in result.stdout, result.stdout
+    assert words in result.stdout, result.stdout
+
+
+def test_cifar_arrays_of_every_plain_type_load_as_saved(tmp_path):
+    values = {
+        b"u8": np.arange(6, dtype=np.uint8).reshape(2, 3),
+        b"i8": np.array([-1, 2**40], ">i8"),
+        b"f4": np.asfortranarray(np.arange(6, dtype=np.float32).reshape(2, 3)),
+        b"names": np.array([b"ab", b"c"]),
+        b"empty": np.zeros((0, 3), np.int32),
+    }
+    path = tmp_path / "meta"
+    path.write_bytes(pickle.dumps(values, protocol=2))
+    loaded = cifar.read_pickle(path)
+    for key, value in values.items():
+        assert loaded[key.decode()].dtype == value.dtype and np.array_equal(loaded[key.decode()], value)
 
 
 def test_cifar_errors(tmp_path):

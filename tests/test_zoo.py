@@ -1,14 +1,17 @@
 """The registry, the new head, freezing, Keras weight files, init_from and --mode=summary."""
 
+import hashlib
+import http.server
 import os
+import threading
 
 import jax
 import numpy as np
 import pytest
 
 from configs import fashion3_cnn
+from labjax import checkpoints, models, optim, parallel, summary, train
 from labjax import config as config_lib
-from labjax import models, optim, parallel, summary, train
 from labjax.weights import keras as keras_weights
 from labjax.weights import pretrained
 
@@ -215,8 +218,6 @@ def test_imagenet_download_is_hash_checked_and_cached(tmp_path, monkeypatch):
     md5 = "3b3d0f3a3b1b0d1c2ed2c3f0bf4b0b8a"  # not the file's hash
     with pytest.raises(ValueError, match="hash"):
         pretrained.download(source.as_uri(), md5)
-    import hashlib
-
     good = hashlib.sha256(b"weights").hexdigest()
     path = pretrained.download(source.as_uri(), good)
     assert path.read_bytes() == b"weights" and path.parent == tmp_path / "cache"
@@ -224,6 +225,49 @@ def test_imagenet_download_is_hash_checked_and_cached(tmp_path, monkeypatch):
     assert pretrained.download(source.as_uri(), good) == path
     with pytest.raises(FileNotFoundError, match="config.model.pretrained=/path/to/gone.h5"):
         pretrained.download((tmp_path / "gone.h5").as_uri(), None)
+
+
+def test_a_download_without_a_published_hash_is_checked_against_its_first_use(tmp_path, monkeypatch):
+    source = tmp_path / "mobilenet_v2_no_top.h5"
+    source.write_bytes(b"weights")
+    monkeypatch.setenv("LABJAX_WEIGHTS_DIR", str(tmp_path / "cache"))
+    path = pretrained.download(source.as_uri(), None)
+    recorded = path.with_name(path.name + ".sha256")
+    assert recorded.read_text().strip() == hashlib.sha256(b"weights").hexdigest()
+    assert pretrained.download(source.as_uri(), None) == path  # unchanged: used as it is
+    path.write_bytes(b"weightz")  # damaged (or replaced) after its first use
+    with pytest.raises(checkpoints.CheckpointError, match="mobilenet_v2_no_top.h5: its hash is not .*delete it"):
+        pretrained.download(source.as_uri(), None)
+
+
+class _CutShortHandler(http.server.BaseHTTPRequestHandler):
+    """Promises 1,000 bytes and sends 10: the client's read ends in http.client.IncompleteRead."""
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "1000")
+        self.end_headers()
+        self.wfile.write(b"0123456789")
+        self.wfile.flush()
+        self.close_connection = True
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_download_cut_short_leaves_no_partial_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("LABJAX_WEIGHTS_DIR", str(tmp_path / "cache"))
+    server = http.server.HTTPServer(("127.0.0.1", 0), _CutShortHandler)
+    thread = threading.Thread(target=server.handle_request, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/weights.h5"
+    try:
+        with pytest.raises(FileNotFoundError, match=r"cannot download .*IncompleteRead"):
+            pretrained.download(url, None)
+    finally:
+        thread.join(timeout=10)
+        server.server_close()
+    assert list((tmp_path / "cache").iterdir()) == []
 
 
 @pytest.mark.slow

@@ -1,7 +1,8 @@
 """CIFAR source: the python pickle folders cifar-10-batches-py and cifar-100-python, read into memory.
 
 Unpickling can run any code a file names, so the files are read by an unpickler that builds
-only dicts, lists, strings, numbers and NumPy arrays and refuses every other global.
+only dicts, lists, strings, numbers and plain NumPy arrays (numbers, bytes, text: rebuilt from
+their raw bytes by labjax, never by NumPy's own unpickling) and refuses every other global.
 """
 
 import pickle
@@ -24,18 +25,71 @@ def _latin1_bytes(text: str, encoding: str) -> bytes:
     return text.encode("latin1")
 
 
-_RECONSTRUCT = np.zeros(0).__reduce__()[0]  # numpy's array unpickling helper, whatever its module
+# Types an array in a data file may have: booleans, integers, floats, complex, bytes and text. Never
+# objects (their bytes would be read as pointers), records or subarrays.
+_PLAIN_KINDS = frozenset("biufcSU")
+_NDARRAY = object()  # what the file's numpy.ndarray global resolves to: only a tag for _SafeArray
+
+
+class _SafeDtype:
+    """Stands in for numpy.dtype while unpickling: a plain type named by a string; the pickled state
+    (flags, sizes, fields) is checked, never applied, so it cannot turn bytes into object pointers."""
+
+    def __init__(self, spec, align=False, copy=False):
+        if isinstance(spec, bytes):  # Python 2 pickles (the real CIFAR files) name the type in bytes
+            spec = spec.decode("ascii", "replace")
+        try:
+            self.dtype = np.dtype(spec) if isinstance(spec, str) else None
+        except TypeError:
+            self.dtype = None
+        if self.dtype is None or self.dtype.kind not in _PLAIN_KINDS:
+            raise pickle.UnpicklingError(f"refused an array of type {spec!r} (only numbers, bytes and text)")
+
+    def __setstate__(self, state):
+        if not isinstance(state, tuple) or len(state) < 5 or any(part is not None for part in state[2:5]):
+            raise pickle.UnpicklingError("refused an array type with fields or subarrays")
+        order = state[1].decode("ascii", "replace") if isinstance(state[1], bytes) else state[1]
+        if order not in ("<", ">", "|", "="):
+            raise pickle.UnpicklingError(f"refused the byte order {order!r}")
+        if order in "<>":
+            self.dtype = self.dtype.newbyteorder(order)
+
+
+class _SafeArray:
+    """Stands in for numpy's array reconstruction: the array is rebuilt from its raw bytes as a copy,
+    with the size checked against its shape and plain type."""
+
+    def __init__(self, cls, shape=(0,), code=b"b"):
+        if cls is not _NDARRAY:
+            raise pickle.UnpicklingError("refused to reconstruct something other than a NumPy array")
+        self.array = None
+
+    def __setstate__(self, state):
+        if not isinstance(state, tuple) or len(state) != 5:
+            raise pickle.UnpicklingError("refused an array state of an unknown form")
+        _, shape, dtype, fortran, raw = state
+        if not isinstance(dtype, _SafeDtype) or not isinstance(raw, bytes):
+            raise pickle.UnpicklingError("refused an array that is not plain numbers, bytes or text")
+        if not isinstance(shape, tuple) or not all(isinstance(n, int) and n >= 0 for n in shape):
+            raise pickle.UnpicklingError(f"refused the array shape {shape!r}")
+        if len(raw) != int(np.prod(shape, dtype=np.int64)) * dtype.dtype.itemsize:
+            raise pickle.UnpicklingError(f"an array of shape {shape} holds {len(raw)} bytes: truncated or forged")
+        self.array = np.frombuffer(raw, dtype=dtype.dtype).reshape(shape, order="F" if fortran else "C").copy()
+
+
 _ALLOWED = {
-    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,  # files written by NumPy < 2 (the real ones)
-    ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
+    ("numpy.core.multiarray", "_reconstruct"): _SafeArray,  # files written by NumPy < 2 (the real ones)
+    ("numpy._core.multiarray", "_reconstruct"): _SafeArray,
+    ("numpy", "ndarray"): _NDARRAY,
+    ("numpy", "dtype"): _SafeDtype,
     ("_codecs", "encode"): _latin1_bytes,
+    ("__builtin__", "bytes"): lambda: b"",  # how protocol 2 writes empty bytes (an empty array's data)
+    ("builtins", "bytes"): lambda: b"",
 }
 
 
 class _SafeUnpickler(pickle.Unpickler):
-    """Builds plain containers and NumPy arrays; any other class or function in the file is refused."""
+    """Builds plain containers and plain NumPy arrays; any other class or function in the file is refused."""
 
     def find_class(self, module: str, name: str):
         if (module, name) in _ALLOWED:
@@ -43,11 +97,26 @@ class _SafeUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refused to load the global {module}.{name}")
 
 
+def _unwrap(value):
+    """The loaded structure with each stand-in replaced by the NumPy value it describes."""
+    if isinstance(value, _SafeArray):
+        if value.array is None:
+            raise pickle.UnpicklingError("an array without its data")
+        return value.array
+    if isinstance(value, _SafeDtype):
+        return value.dtype
+    if isinstance(value, dict):
+        return {_unwrap(k): _unwrap(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_unwrap(v) for v in value)
+    return value
+
+
 def read_pickle(path: Path) -> dict:
     """One CIFAR pickle as a dict with str keys; a file that needs anything but arrays and containers is refused."""
     try:
         with open(path, "rb") as file:
-            content = _SafeUnpickler(file, encoding="bytes").load()
+            content = _unwrap(_SafeUnpickler(file, encoding="bytes").load())
     except FileNotFoundError:
         raise MissingFileError(f"{path}: no such file; the CIFAR folder is incomplete, download it again.") from None
     except pickle.UnpicklingError as error:

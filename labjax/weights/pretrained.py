@@ -8,6 +8,7 @@ batch_stats (fine-tuning), optionally without its head when the number of classe
 """
 
 import hashlib
+import http.client
 import os
 import shutil
 import tempfile
@@ -37,26 +38,57 @@ def _hash_ok(path: Path, file_hash: str | None) -> bool:
 
 
 def download(url: str, file_hash: str | None) -> Path:
-    """The cached file for `url`, downloaded and hash-checked on first use."""
+    """The cached file for `url`, downloaded and hash-checked on first use.
+
+    Files without a published hash (Keras publishes none for MobileNetV2) get theirs recorded
+    beside them at first use (FILE.sha256) and checked at every later use, so a cached file that
+    changed or was damaged is never loaded. A failed download leaves no partial file behind.
+    """
     target = cache_dir() / url.rsplit("/", 1)[-1]
-    if target.exists() and _hash_ok(target, file_hash):
+    if target.exists() and not (file_hash and not _hash_ok(target, file_hash)):  # a bad published hash: again
+        _check_cached(target, file_hash)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as tmp:
         try:
             with urllib.request.urlopen(url, timeout=60) as response:
                 shutil.copyfileobj(response, tmp)
-        except OSError as error:
+                promised = response.headers.get("Content-Length")
+                if promised and int(promised) != tmp.tell():  # the connection closed early: a truncated file
+                    raise http.client.IncompleteRead(b"", int(promised) - tmp.tell())
+        except (OSError, http.client.HTTPException) as error:  # IncompleteRead is an HTTPException
             Path(tmp.name).unlink(missing_ok=True)
             raise MissingFileError(
-                f"cannot download {url} ({error}); on a machine without internet, fetch that file elsewhere and set "
-                f"config.model.pretrained=/path/to/{target.name} (or put it in {target.parent})."
+                f"cannot download {url} ({type(error).__name__}: {error}); on a machine without internet, fetch that "
+                f"file elsewhere and set config.model.pretrained=/path/to/{target.name} (or put it in {target.parent})."
             ) from None
-    if not _hash_ok(Path(tmp.name), file_hash):
+        except BaseException:
+            Path(tmp.name).unlink(missing_ok=True)
+            raise
+    if file_hash and not _hash_ok(Path(tmp.name), file_hash):
         Path(tmp.name).unlink()
         raise CheckpointError(f"{url}: the downloaded file's hash is not {file_hash}; try again.")
     Path(tmp.name).replace(target)
+    _check_cached(target, file_hash)  # records the hash of a file that has no published one
     return target
+
+
+def _check_cached(path: Path, file_hash: str | None) -> None:
+    """The cached file's hash against the published one, else against the one recorded at its first use."""
+    recorded = path.with_name(path.name + ".sha256")
+    if not file_hash and not recorded.exists():
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        recorded.write_text(digest.hexdigest() + "\n")
+        return
+    expected = file_hash or recorded.read_text().strip()
+    if not _hash_ok(path, expected):
+        raise CheckpointError(
+            f"{path}: its hash is not {expected} (the file changed or was damaged since it was downloaded); "
+            "delete it to download it again."
+        )
 
 
 def weights_file(model_config, info, input_size: int) -> Path:
