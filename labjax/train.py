@@ -355,7 +355,7 @@ class _Loop:
         """Dispatches the epoch's steps; returns (state, the epoch's metrics, its start time less profiling)."""
         record, steps, epoch_metrics = self.record, self.steps, None
         # A dispatch never crosses the epoch's end, total_steps or stop_after_step.
-        end = min((epoch + 1) * record.steps_per_epoch, record.total_steps)
+        end = epoch_end = min((epoch + 1) * record.steps_per_epoch, record.total_steps)
         if self.stop_after_step is not None:
             end = min(end, max(self.stop_after_step, record.step + 1))
         while record.step < end:
@@ -386,7 +386,10 @@ class _Loop:
                 stop.signal = "stop_after_step"
             if stop.signal:
                 record.train_time += time.perf_counter() - tic
-                raise TrainingInterrupted(record.interrupt(state, stop.signal))
+                pending = None
+                if record.step == epoch_end:  # every step of the epoch ran: the resumed run records its end first
+                    pending = {f"train_{k}": float(v) for k, v in epoch_metrics.compute().items()}
+                raise TrainingInterrupted(record.interrupt(state, stop.signal, pending_epoch=pending))
         return state, epoch_metrics, tic
 
     def _log(self, metrics, epoch: int, first: bool, count: int) -> None:
