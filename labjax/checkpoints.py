@@ -15,7 +15,6 @@ from pathlib import Path
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
 
 from labjax.errors import CheckpointError, ConfigError, MissingFileError
 
@@ -26,19 +25,11 @@ STATE_ITEMS = ("params", "batch_stats", "opt_state")
 _MISMATCH = ("do not match", "not compatible with the stored shape")  # Orbax's words for a different tree
 
 
-def _manager(directory: Path, keep: int = 1, best_metric: str = "", best_mode: str = "max", read_only=False):
-    policy = [policies.LatestN(keep)]
-    if best_metric:
-        policy.append(
-            policies.BestN(
-                get_metric_fn=lambda m: m[best_metric],
-                reverse=best_mode == "min",
-                n=1,
-                keep_checkpoints_without_metrics=False,
-            )
-        )
+def _manager(directory: Path, read_only=False):
+    """Orbax keeps every step it is given; which to delete is labjax's decision (Checkpoints.prune), made
+    from the metrics saved in each step's own metadata, so it survives a restart (Orbax's best-N policy
+    forgot the metrics of steps saved before one and deleted the best checkpoint)."""
     options = ocp.CheckpointManagerOptions(
-        preservation_policy=policies.AnyPreservationPolicy(policy),
         create=not read_only,
         read_only=read_only,
         enable_async_checkpointing=False,  # a run's end and signals must find it on disk
@@ -54,13 +45,8 @@ class Checkpoints:
         cfg = checkpoint_config
         self.best_metric = cfg.best_metric if cfg else ""
         self.best_mode = cfg.best_mode if cfg else "max"
-        self.manager = _manager(
-            self.directory,
-            keep=cfg.keep if cfg else 1,
-            best_metric=self.best_metric,
-            best_mode=self.best_mode,
-            read_only=read_only,
-        )
+        self.keep = cfg.keep if cfg else 1
+        self.manager = _manager(self.directory, read_only=read_only)
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -74,12 +60,20 @@ class Checkpoints:
             return
         metadata = dict(metadata, format_version=FORMAT_VERSION, metrics=metrics)
         items = {name: ocp.args.StandardSave(getattr(state, name)) for name in _present(state, STATE_ITEMS)}
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(**items, metadata=ocp.args.JsonSave(metadata)),
-            metrics=metrics if metrics and self.best_metric in metrics else None,
-        )
+        self.manager.save(step, args=ocp.args.Composite(**items, metadata=ocp.args.JsonSave(metadata)))
         self.manager.wait_until_finished()
+        self.prune()
+
+    def prune(self) -> None:
+        """Deletes all but the `keep` newest steps and the best one (by the metric in each step's metadata)."""
+        steps = self.steps()
+        kept = set(steps[-self.keep :])
+        best = self.best_step() if self.best_metric else None
+        if best is not None:
+            kept.add(best)
+        for step in steps:
+            if step not in kept:
+                self.manager.delete(step)
 
     def metadata(self, step: int) -> dict:
         restored = self.manager.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))

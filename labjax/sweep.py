@@ -532,13 +532,28 @@ def run_sweep(
         )
 
 
+def _still_training(entry: dict, member_dir: Path) -> bool:
+    """Whether a process an earlier sweep started still trains this member: it holds the member's lock,
+    or the pid sweep.json recorded is alive and runs this member's command (it may not have locked yet)."""
+    if workdir_lib.holder_alive(member_dir):
+        return True
+    pid = entry.get("pid")
+    if entry.get("status") != "running" or not pid:
+        return False
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:  # gone (or no /proc: then the lock above is the only sign)
+        return False
+    return f"--workdir={member_dir}".encode() in command
+
+
 def _run_locked(config_argument, workdir, members, sweep_flags, base_overrides, parallel, overwrite, report, vectorize):
     """run_sweep's work, with the sweep folder locked."""
     record = SweepRecord(workdir, config_argument, base_overrides, sweep_flags, overwrite)
     entries = record.entries(members)
     todo = [(m, e) for m, e in zip(members, entries) if overwrite or not _is_done(e, m, workdir)]
     for member, entry in todo:
-        if workdir_lib.holder_alive(workdir / member.name):
+        if _still_training(entry, workdir / member.name):
             raise config_lib.ConfigError(
                 f"{workdir / member.name} is still being trained by a process an earlier sweep started; wait for "
                 "it to end (or stop it), then run the same command to resume the sweep."

@@ -297,12 +297,13 @@ def test_a_sweep_killed_while_members_run_ends_with_every_member_done_once(tmp_p
     time.sleep(3)
     child.kill()
     child.wait()
-    member = next(m for m in folder.iterdir() if m.is_dir())
-    if workdir.holder_alive(member):
-        refused = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False, timeout=300)
-        assert refused.returncode == 2 and f"{member} is still being trained" in refused.stderr, refused.stderr
+    running = [e for e in json.loads((folder / "sweep.json").read_text())["members"] if e["status"] == "running"]
+    assert len(running) == 1 and running[0]["pid"]
+    member, pid = folder / running[0]["name"], running[0]["pid"]
+    refused = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False, timeout=300)
+    assert refused.returncode == 2 and f"{member} is still being trained" in refused.stderr, refused.stderr
     for _ in range(300):  # the orphaned member ends on its own
-        if not workdir.holder_alive(member):
+        if not Path(f"/proc/{pid}").exists() or b"zombie" in Path(f"/proc/{pid}/status").read_bytes():
             break
         time.sleep(1)
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False, timeout=600)
@@ -313,3 +314,18 @@ def test_a_sweep_killed_while_members_run_ends_with_every_member_done_once(tmp_p
         epochs = json.loads((folder / entry["name"] / "config.json").read_text())["num_epochs"]
         steps = [row["step"] for row in _rows(folder / entry["name"])]
         assert len(steps) == epochs and np.all(np.diff(steps) > 0), steps
+
+
+@pytest.mark.slow
+def test_a_resumed_run_keeps_its_best_checkpoint_for_restoring_the_best_weights(tmp_path):
+    """Orbax's best-N policy forgot the metrics of steps saved before a restart and deleted the best one;
+    the run then failed at its end, restoring it. Which steps to keep is now read from their metadata."""
+    config = fashion3_cnn.get_config("smoke")  # early stopping with restore_best
+    config.num_epochs = 3
+    with pytest.raises(train.TrainingInterrupted):
+        train.train_and_evaluate(config, tmp_path, stop_after_step=18)  # one step into epoch 2 (17 a epoch)
+    train.train_and_evaluate(config, tmp_path)
+    status = _status(tmp_path)
+    assert status["status"] == "finished"
+    kept = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert status["best_step"] in kept and kept[-1] == 51
