@@ -9,6 +9,9 @@ python launch.py --mode=sweep --config=configs/NAME.py[:ARG] [--sweep=KEY=V1,V2 
 python launch.py --mode=report --workdir=DIR
 Several processes (hosts): add --coordinator=HOST:PORT --num_processes=N --process_id=I to a train command
 (or start it under srun/mpirun, which JAX detects).
+
+The flags are defined in labjax/launcher.py, which the installed `labjax` command and
+`python -m labjax` run too: the three are one command.
 """
 
 if __name__ == "__main__":  # first, before anything allocates: XLA:CPU's step buffers on huge pages
@@ -16,53 +19,7 @@ if __name__ == "__main__":  # first, before anything allocates: XLA:CPU's step b
 
     host_memory.restart_with_huge_pages()
 
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from labjax import cli  # noqa: E402
-
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/seg_mobilenet.py:smoke.", lock_config=True)
-flags.DEFINE_enum(
-    "mode",
-    "train",
-    ["train", "eval", "predict", "data", "summary", "sweep", "report"],
-    "train | eval a checkpoint | predict: run a checkpoint on image files | data: inspect the input"
-    " | summary: the model's parameters, FLOPs and memory"
-    " | sweep: train every member of a sweep | report: HTML/Markdown report of a run or a sweep folder.",
-)
-flags.DEFINE_string("workdir", None, "Run folder; default runs/<config name>[_<arg>].")
-flags.DEFINE_bool("overwrite", False, "Delete the run already in --workdir and train anew.")
-flags.DEFINE_string("checkpoint", "latest", "eval, predict: latest, best or a step number; eval also all.")
-flags.DEFINE_string("split", "validation", "eval: the split to evaluate.")
-flags.DEFINE_string("inputs", None, "predict: an image file, a folder of images or a glob ('photos/**/*.jpg').")
-flags.DEFINE_string("output", None, "predict: the folder for predictions; default WORKDIR/predict.")
-flags.DEFINE_multi_string(
-    "sweep", [], "sweep: KEY=V1,V2,... (repeat the flag for a product; combined with the config's get_sweep)."
-)
-flags.DEFINE_bool(
-    "vectorize",
-    False,
-    "sweep: train members that differ only in numbers (learning rate, betas, weight decay, seed, fold, ...)"
-    " in one compiled program, their states stacked.",
-)
-flags.DEFINE_integer(
-    "parallel", 1, "sweep: members trained at once as separate processes (0: one after another in this process)."
-)
-
-flags.DEFINE_string(
-    "coordinator", None, "train on several processes: HOST:PORT of process 0, the same on every process."
-)
-flags.DEFINE_integer("num_processes", None, "train on several processes: their number (1: one, even under srun).")
-flags.DEFINE_integer("process_id", None, "train on several processes: this one's index, 0..N-1.")
-
-
-def main(argv: list[str]) -> None:
-    overrides = [arg for arg in argv[1:] if arg.startswith("--config.")]  # eval/predict: see cli.parse_flags
-    if len(argv) > 1 + len(overrides):
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    cli.run(FLAGS, overrides)
-
+from labjax.launcher import FLAGS, main, run  # noqa: E402, F401 - FLAGS and main for scripts importing launch
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.parse_flags)
+    run()

@@ -1,7 +1,7 @@
 r"""S1a: BasicBlockNet on 64x64 images of 200 classes (Tiny ImageNet), PyTorch-style training.
 
 SGD lr 0.1, momentum 0.9, weight decay 1e-4 (PyTorch's: added to the gradient of every
-parameter), ReduceLROnPlateau on val_loss (factor 0.1, patience 5, cooldown 2: STUDIES.md
+parameter), ReduceLROnPlateau on val_loss (factor 0.1, patience 5, cooldown 2: docs/studies.md
 records a patience and a cooldown but not their values), 30 epochs, batch 128; random
 horizontal and vertical flips and RandomErasing, pixels normalised with the train split's
 per-channel mean/std; dropout 0.7 before the classifier.

@@ -19,7 +19,10 @@ which compiles in a fraction of the time (for tests).
 
 import ml_collections
 
-from configs import cls_basicblock
+try:
+    from configs import cls_basicblock  # a clone: configs/ beside labjax/
+except ImportError:  # installed: pip ships configs/ as the package labjax.configs
+    from labjax.configs import cls_basicblock
 
 ARGS = ("original", *cls_basicblock.ARGS)
 KEYS = cls_basicblock.KEYS

@@ -14,7 +14,7 @@ The real data, offline, from Debian (`apt-get install dataset-fashion-mnist`):
 Elsewhere point `--config.data.path` at a folder of the four `*-idx?-ubyte.gz` files.
 Arguments, comma-separated (`:arch10,kfold`, `:proposed,smoke`):
   arch4, arch5, arch10, proposed  the spec_cnn presets of the study's CNN variants
-             (labjax/models/small_nets.py S2_PRESETS; arch10 is STUDIES.md's model) instead of
+             (labjax/models/small_nets.py S2_PRESETS; arch10 is docs/studies.md's model) instead of
              small_cnn (the same network as arch10, as a fixed module).
   kfold      5-fold cross-validation over train + validation (test stays out), fold 0 as
              validation; `--config.data.fold=K` for the others.

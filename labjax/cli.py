@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from labjax import config as config_lib
-from labjax import errors
+from labjax import config_files, errors
 from labjax.errors import ConfigError, MissingFileError
 from labjax.workdir import EXIT_DIVERGED, EXIT_FAILED_MEMBERS, EXIT_INTERRUPTED, EXIT_USER_ERROR, default_workdir
 
@@ -26,11 +26,25 @@ def parse_flags(argv: list[str]) -> list[str]:
     """
     from absl import flags
 
+    argv = builtin_config_argv(argv)
     overrides = saved_config_overrides(argv)
     try:
         return flags.FLAGS([arg for arg in argv if arg not in overrides]) + overrides
     except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as error:
         _fail(ConfigError(describe_flag_error(str(error), argv)), EXIT_USER_ERROR)
+
+
+def builtin_config_argv(argv: list[str]) -> list[str]:
+    """argv with `--config=NAME[:ARG]` pointing at a built-in config where no such file exists (config_files)."""
+    resolved, after_config = [], False
+    for arg in argv:
+        if after_config:  # `--config PATH`
+            arg, after_config = config_files.resolve(arg), False
+        elif arg.startswith("--config="):
+            arg = "--config=" + config_files.resolve(arg.removeprefix("--config="))
+        after_config = arg == "--config"
+        resolved.append(arg)
+    return resolved
 
 
 def saved_config_overrides(argv: list[str]) -> list[str]:
@@ -96,7 +110,7 @@ def _loaded_config(flags):
         if config is not None:
             config.keys()  # a config file that failed to load raises here
     except OSError as error:  # the config file could not be loaded
-        raise MissingFileError(" ".join(str(error).split())) from None
+        raise MissingFileError(" ".join(str(error).split()) + config_files.missing_hint()) from None
     return config
 
 

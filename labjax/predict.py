@@ -104,17 +104,20 @@ def _saved_spec(checkpoints: ckpt.Checkpoints) -> dict | None:
 
 def predict(
     workdir: str | Path,
-    inputs: str,
+    inputs: str | Sequence[str | Path],
     output: str | Path | None = None,
     checkpoint: str = "latest",
     overrides: Sequence[str] = (),
 ) -> dict:
-    """Runs the run's checkpoint on the files `inputs` names and writes the predictions to `output`.
+    """Runs the run's checkpoint on the files `inputs` names (a pattern for find_inputs, or a list of
+    files) and writes the predictions to `output`.
 
     Returns {'step', 'output', 'predictions': [row per file], 'skipped': [(file, reason)]}.
     """
     workdir = Path(workdir)
-    files = find_inputs(inputs)
+    files = find_inputs(inputs) if isinstance(inputs, str | Path) else [Path(p) for p in inputs]
+    if not files:
+        raise MissingFileError("predict: the list of input files is empty.")
     config = evaluate.load_run_config(workdir)
     evaluate.apply_overrides(config, overrides)
     out_dir = Path(output) if output else workdir / "predict"

@@ -32,6 +32,7 @@ import ml_collections
 from ml_collections.config_flags import config_path
 
 from labjax import config as config_lib
+from labjax import config_files
 from labjax import workdir as workdir_lib
 from labjax.errors import MissingFileError, SweepIncomplete, SweepInterrupted, UserError
 
@@ -57,9 +58,11 @@ def default_workdir(config_argument: str) -> Path:
 
 def load_config_module(config_argument: str):
     """The module of `configs/NAME.py[:ARG]` and ARG (None when absent)."""
-    path, _, arg = config_argument.partition(":")
+    path, _, arg = config_files.resolve(config_argument).partition(":")
     if not Path(path).is_file():
-        raise MissingFileError(f"--config={config_argument}: no such config file {path!r}.")
+        raise MissingFileError(
+            f"--config={config_argument}: no such config file {path!r}.{config_files.missing_hint()}"
+        )
     spec = importlib.util.spec_from_file_location(f"labjax_sweep_config_{Path(path).stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -206,9 +209,10 @@ def _cli_value(value) -> str:
 def child_command(config_argument: str, overrides: dict, workdir: Path, overwrite: bool = False) -> list[str]:
     """The launch.py command that trains one member (its --config.KEY=VALUE flags round-trip exactly)."""
     flags = [f"--config.{key}={_cli_value(value)}" for key, value in overrides.items()]
+    launcher = [str(LAUNCH)] if LAUNCH.is_file() else ["-m", "labjax"]  # a clone's launch.py, or installed
     return [
         sys.executable,
-        str(LAUNCH),
+        *launcher,
         f"--config={config_argument}",
         *flags,
         f"--workdir={workdir}",

@@ -8,6 +8,7 @@ same result on 1 or N devices.
 import contextlib
 import dataclasses
 import functools
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -246,12 +247,45 @@ def _format_time(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+def notebook_display():
+    """show(text, handle=None) -> handle when this process is a Jupyter kernel (a notebook), else None.
+
+    show displays `text` as a new output, or updates the output `handle` in place.
+    """
+    shell = sys.modules.get("IPython") and sys.modules["IPython"].get_ipython()
+    if type(shell).__name__ != "ZMQInteractiveShell":
+        return None
+    from IPython.display import Pretty, display
+
+    def show(text: str, handle=None):
+        if handle is None:
+            return display(Pretty(text), display_id=True)
+        handle.update(Pretty(text))
+        return handle
+
+    return show
+
+
 class Progress:
-    """A progress line with loss, images/s, steps/s and ETA (compile time excluded)."""
+    """A progress line with loss, images/s, steps/s and ETA (compile time excluded).
+
+    In a notebook each epoch's line is one live bar updated in place; in a terminal, a log file
+    or a pipe, plain lines.
+    """
 
     def __init__(self, total_steps: int, global_batch: int):
         self.total, self.batch = total_steps, global_batch
         self.mark_step, self.mark_time, self.excluded = None, None, 0.0
+        self.display, self.bar, self.bar_epoch = notebook_display(), None, None
+
+    def _show(self, line: str, step: int, epoch: int) -> None:
+        if self.display is None:
+            print(line, flush=True)
+            return
+        done = int(20 * step / max(self.total, 1))
+        text = f"[{'#' * done}{'.' * (20 - done)}] {line}"
+        new = self.bar is None or self.bar_epoch != epoch  # a new bar for each epoch, under the last epoch's lines
+        self.bar, self.bar_epoch = self.display(text, None if new else self.bar), epoch
 
     def exclude(self, seconds: float) -> None:
         """Leave `seconds` spent on something else than training out of the rate."""
@@ -261,14 +295,16 @@ class Progress:
         now = time.perf_counter()
         if self.mark_step is None:  # the first step compiled; time from here on
             self.mark_step, self.mark_time = step, now
-            print(f"epoch {epoch + 1}/{num_epochs} step {step}/{self.total} loss {loss:.4f} (compiled)", flush=True)
+            line = f"epoch {epoch + 1}/{num_epochs} step {step}/{self.total} loss {loss:.4f} (compiled)"
+            self._show(line, step, epoch)
             return
         rate = (step - self.mark_step) / max(now - self.mark_time - self.excluded, 1e-9)
         eta = (self.total - step) / max(rate, 1e-9)
-        print(
+        self._show(
             f"epoch {epoch + 1}/{num_epochs} step {step}/{self.total} loss {loss:.4f} | "
             f"{rate:.2f} steps/s {rate * self.batch:.1f} img/s | ETA {_format_time(eta)}",
-            flush=True,
+            step,
+            epoch,
         )
 
 

@@ -68,7 +68,7 @@ def _signature(op: str) -> str:
 
 VALID_OPS = ", ".join(_signature(op) for op in _OPS)
 
-# S2's variants of the Keras CNN. "arch10" is the model given in STUDIES.md; the others are
+# S2's variants of the Keras CNN. "arch10" is the model given in docs/studies.md; the others are
 # reconstructions of "variants with more Dropout, BatchNormalization and pooling".
 S2_PRESETS: dict[str, str] = {
     # BatchNorm after each conv, two max pools, dropout after each block and in the head.
