@@ -5,7 +5,7 @@ python launch.py --mode=eval --workdir=DIR [--checkpoint=latest|best|STEP|all] [
 python launch.py --mode=predict --workdir=DIR --inputs=PATH_OR_GLOB [--output=DIR] [--checkpoint=...]
 python launch.py --mode=data|summary --config=configs/NAME.py[:ARG] [--config.KEY=VALUE ...] [--workdir=DIR]
 python launch.py --mode=sweep --config=configs/NAME.py[:ARG] [--sweep=KEY=V1,V2 ...] [--parallel=N] [--workdir=DIR]
-                 [--vectorize]
+                 [--vectorize] [--launcher=local|slurm [--slurm=KEY=VALUE,...] [--detach]]
 python launch.py --mode=report --workdir=DIR
 Several processes (hosts): add --coordinator=HOST:PORT --num_processes=N --process_id=I to a train command
 (or start it under srun/mpirun, which JAX detects).
@@ -47,7 +47,19 @@ flags.DEFINE_bool(
     " in one compiled program, their states stacked.",
 )
 flags.DEFINE_integer(
-    "parallel", 1, "sweep: members trained at once as separate processes (0: one after another in this process)."
+    "parallel",
+    1,
+    "sweep: members trained at once as separate processes (0: one after another in this process);"
+    " with --launcher=slurm the array tasks running at once (default: all).",
+)
+flags.DEFINE_enum(
+    "launcher", "local", ["local", "slurm"], "sweep: local processes, or a SLURM job array (docs/cluster.md)."
+)
+flags.DEFINE_multi_string(
+    "slurm", [], "sweep --launcher=slurm: sbatch options KEY=VALUE,... e.g. partition=gpu,time=120,gpus_per_task=1."
+)
+flags.DEFINE_bool(
+    "detach", False, "sweep --launcher=slurm: submit and exit; the same command later attaches and collects."
 )
 
 flags.DEFINE_string(
