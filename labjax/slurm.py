@@ -230,10 +230,9 @@ class Launcher:
         try:
             jobs = executor.submit_array(calls)
         except submitit.core.utils.FailedJobError as error:
-            raise ConfigError(
-                f"sbatch refused the sweep's job array ({' '.join(str(error).split())[-400:]})."
-            ) from None
-        for (member, entry), job in zip(members, jobs):
+            reason = " ".join(str(error).split())[-400:]
+            raise ConfigError(f"sbatch refused the sweep's job array (check --slurm=...): {reason}") from None
+        for (_, entry), job in zip(members, jobs):
             entry.update(status="pending", error=None, slurm_job=job.job_id, submitted=time.time())
             entry["attempts"] = entry.get("attempts", 0) + 1
             entry.pop("pid", None)
