@@ -56,7 +56,8 @@ def parse_options(texts) -> dict:
     """`--slurm=KEY=VALUE,...` flags -> {KEY: VALUE}; a piece without '=' continues the value before it.
 
     `--slurm=partition=gpu,time=60,gpus_per_task=1 --slurm=mail_type=BEGIN,END` gives
-    {'partition': 'gpu', 'time': '60', 'gpus_per_task': '1', 'mail_type': 'BEGIN,END'}.
+    {'partition': 'gpu', 'time': '60', 'gpus_per_task': '1', 'mail_type': 'BEGIN,END'}; `hold=true`
+    is the bare `--hold`.
     """
     options, key = {}, None
     for text in texts:
@@ -64,7 +65,7 @@ def parse_options(texts) -> dict:
             name, equals, value = piece.partition("=")
             if equals and name.strip():
                 key = name.strip().removeprefix("--").replace("-", "_")
-                options[key] = value.strip()
+                options[key] = True if value.strip().lower() == "true" else value.strip()  # hold=true: --hold
             elif key is not None:
                 options[key] += "," + piece
             else:
@@ -115,8 +116,8 @@ class MemberJob:
             )
             self.pump = threading.Thread(target=self._copy, args=(log, tail), daemon=True)
             self.pump.start()
+            self.pump.join()  # not process.wait(): `checkpoint` waits for the process from a signal handler
             returncode = self.process.wait()
-            self.pump.join()
         return sweep_lib.outcome(returncode, tail)
 
     def _copy(self, log, tail) -> None:
@@ -165,6 +166,34 @@ def accounting_state(job_id: str) -> str | None:
         return None
     states = [line.split("|")[1] for line in result.stdout.splitlines() if line.split("|")[0] == job_id]
     return states[-1] if result.returncode == 0 and states else None
+
+
+def minutes(text: str) -> int:
+    """A SLURM time ('90', '1:30:00', '2-00', '2-12:00:00', 'infinite') in whole minutes (rounded up)."""
+    text = str(text).strip().lower()
+    if text in ("infinite", "unlimited"):
+        return 365 * 24 * 60
+    days, _, rest = text.rpartition("-")
+    try:
+        parts = [int(part) for part in rest.split(":")]
+        if days:  # D-H, D-H:M, D-H:M:S
+            hours, mins, secs = (parts + [0, 0])[:3]
+        else:  # M, M:S, H:M:S
+            hours, mins, secs = {1: [0, *parts, 0], 2: [0, *parts], 3: parts}[len(parts)]
+        seconds = int(days or 0) * 86400 + hours * 3600 + mins * 60 + secs
+    except (ValueError, KeyError):
+        raise ConfigError(f"--slurm=time={text}: expected minutes, H:M:S, D-H or D-H:M:S, e.g. time=120.") from None
+    return max(1, -(-seconds // 60))
+
+
+def partition_time(partition: str | None) -> int:
+    """The time limit a job gets without --time on this partition (its default, else its maximum), in minutes."""
+    result = subprocess.run(["sinfo", "--noheader", "--format=%P|%L|%l"], capture_output=True, text=True, timeout=60)
+    for line in result.stdout.splitlines():
+        name, default, maximum = line.split("|")
+        if (partition is None and name.endswith("*")) or name.rstrip("*") == partition:
+            return minutes(default if default != "n/a" else maximum)
+    return 60
 
 
 def _submitted(entry: dict) -> bool:
@@ -218,7 +247,8 @@ class Launcher:
         executor.update_parameters(
             job_name=f"labjax_{self.workdir.name}"[:100],
             array_parallelism=self.parallel or len(members),
-            time=None,  # the partition's default unless --slurm=time=...
+            # submitit writes --time and knows from it whether a signal means preemption or the time limit.
+            time=minutes(options.pop("time")) if "time" in options else partition_time(options.get("partition")),
             additional_parameters=options,
             **{key: int(value) if key == "signal_delay_s" else value for key, value in own.items()},
         )
