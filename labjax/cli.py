@@ -117,8 +117,9 @@ def _loaded_config(flags):
 def _check_mode_flags(flags, config, overrides) -> None:
     """Flags that do not go with the mode, or that it needs and lacks."""
     mode = flags.mode
-    if mode != "sweep" and (flags.sweep or flags["parallel"].present or flags.vectorize):
-        raise ConfigError(f"--sweep, --parallel and --vectorize need --mode=sweep (not --mode={mode}).")
+    if mode != "sweep" and (flags.sweep or flags["parallel"].present or flags.vectorize or flags.launcher != "local"):
+        raise ConfigError(f"--sweep, --parallel, --vectorize and --launcher need --mode=sweep (not --mode={mode}).")
+    _check_launcher_flags(flags)
     if overrides and mode not in ("eval", "predict"):
         raise ConfigError(f"{overrides[0]}: --config.KEY=VALUE needs --config=FILE with --mode={mode}.")
     if mode in ("train", "data", "summary", "sweep") and config is None:
@@ -135,6 +136,20 @@ def _check_mode_flags(flags, config, overrides) -> None:
             raise ConfigError(f"--workdir is required with --mode={mode} (the trained run).")
     if mode == "predict" and not flags.inputs:
         raise ConfigError("--inputs is required with --mode=predict: an image, a folder or a glob.")
+
+
+def _check_launcher_flags(flags) -> None:
+    """--slurm and --detach go with --launcher=slurm, which runs members as processes of their own."""
+    if flags.launcher != "slurm":
+        if flags.slurm or flags.detach:
+            raise ConfigError("--slurm=KEY=VALUE and --detach need --launcher=slurm (a sweep as a SLURM job array).")
+        return
+    if flags.vectorize:
+        raise ConfigError("--vectorize trains members in this process; drop it with --launcher=slurm.")
+    if flags["parallel"].present and flags.parallel < 1:
+        raise ConfigError(
+            f"--parallel={flags.parallel} with --launcher=slurm: expected N >= 1 array tasks running at once."
+        )
 
 
 def _workdir(flags) -> Path:
@@ -164,6 +179,12 @@ def _summary(flags, config, overrides) -> None:
 def _sweep(flags, config, overrides) -> None:
     from labjax import sweep
 
+    launcher = None
+    if flags.launcher == "slurm":
+        from labjax import slurm
+
+        parallel = flags.parallel if flags["parallel"].present else None
+        launcher = slurm.Launcher(slurm.parse_options(flags.slurm), flags.detach, parallel)
     sweep.run_sweep(
         flags["config"].config_filename,
         flags.workdir,
@@ -172,6 +193,7 @@ def _sweep(flags, config, overrides) -> None:
         parallel=flags.parallel,
         overwrite=flags.overwrite,
         vectorize=flags.vectorize,
+        launcher=launcher,
     )
 
 

@@ -46,7 +46,19 @@ flags.DEFINE_bool(
     " in one compiled program, their states stacked.",
 )
 flags.DEFINE_integer(
-    "parallel", 1, "sweep: members trained at once as separate processes (0: one after another in this process)."
+    "parallel",
+    1,
+    "sweep: members trained at once as separate processes (0: one after another in this process);"
+    " with --launcher=slurm the array tasks running at once (default: all).",
+)
+flags.DEFINE_enum(
+    "launcher", "local", ["local", "slurm"], "sweep: local processes, or a SLURM job array (docs/cluster.md)."
+)
+flags.DEFINE_multi_string(
+    "slurm", [], "sweep --launcher=slurm: sbatch options KEY=VALUE,... e.g. partition=gpu,time=120,gpus_per_task=1."
+)
+flags.DEFINE_bool(
+    "detach", False, "sweep --launcher=slurm: submit and exit; the same command later attaches and collects."
 )
 
 flags.DEFINE_string(

@@ -515,6 +515,7 @@ def run_sweep(
     overwrite: bool = False,
     report: bool = True,
     vectorize: bool = False,
+    launcher=None,
 ) -> dict:
     """Runs (or resumes) every member of the sweep into workdir/<run name>/; returns sweep.json's content.
 
@@ -523,7 +524,8 @@ def run_sweep(
     Raises SweepInterrupted after Ctrl-C (running members checkpointed) and SweepIncomplete
     when members failed; sweep.json is saved first either way. With `vectorize`, members that
     share a program structure train together in this process (labjax/vectorize.py); the rest
-    run as without it.
+    run as without it. `launcher` runs the members elsewhere instead of as local processes
+    (labjax/slurm.py's Launcher: a SLURM job array); it returns None when it detached.
     """
     if parallel < 0:
         raise config_lib.ConfigError(f"--parallel={parallel} is invalid: expected 0 (in this process) or N >= 1.")
@@ -532,7 +534,16 @@ def run_sweep(
     workdir = Path(workdir) if workdir else default_workdir(config_argument)
     with workdir_lib.FolderLock(workdir, "sweep"):  # one sweep process per folder
         return _run_locked(
-            config_argument, workdir, members, sweep_flags, base_overrides, parallel, overwrite, report, vectorize
+            config_argument,
+            workdir,
+            members,
+            sweep_flags,
+            base_overrides,
+            parallel=parallel,
+            overwrite=overwrite,
+            report=report,
+            vectorize=vectorize,
+            launcher=launcher,
         )
 
 
@@ -551,12 +562,16 @@ def _still_training(entry: dict, member_dir: Path) -> bool:
     return f"--workdir={member_dir}".encode() in command
 
 
-def _run_locked(config_argument, workdir, members, sweep_flags, base_overrides, parallel, overwrite, report, vectorize):
+def _run_locked(
+    config_argument, workdir, members, sweep_flags, base_overrides, *, parallel, overwrite, report, vectorize, launcher
+):
     """run_sweep's work, with the sweep folder locked."""
     record = SweepRecord(workdir, config_argument, base_overrides, sweep_flags, overwrite)
     entries = record.entries(members)
     todo = [(m, e) for m, e in zip(members, entries) if overwrite or not _is_done(e, m, workdir)]
     for member, entry in todo:
+        if launcher is not None:  # on a cluster the scheduler knows which members still run (labjax/slurm.py)
+            continue
         if _still_training(entry, workdir / member.name):
             raise config_lib.ConfigError(
                 f"{workdir / member.name} is still being trained by a process an earlier sweep started; wait for "
@@ -569,16 +584,20 @@ def _run_locked(config_argument, workdir, members, sweep_flags, base_overrides, 
     print(
         f"[sweep] {len(members)} members into {workdir}"
         + (f" ({skipped} already done, skipped)" if skipped else "")
-        + (f", {parallel} at a time" if parallel > 1 else ""),
+        + (f", {parallel} at a time" if parallel > 1 and launcher is None else ""),
         flush=True,
     )
     completed, alone = _run_vectorized(todo, record, workdir) if vectorize else (True, todo)
     if completed and parallel == 0:
         completed = _run_in_process(alone, record, workdir, overwrite)
+    elif completed and launcher is not None:
+        completed = launcher(alone, record, workdir, config_argument, base_overrides, overwrite)
     elif completed:
         completed = _run_processes(alone, record, workdir, config_argument, base_overrides, parallel, overwrite)
     counts = {status: sum(e["status"] == status for e in entries) for status in STATUSES}
     print("[sweep] " + ", ".join(f"{n} {status}" for status, n in counts.items() if n), flush=True)
+    if completed is None:  # detached: the members run on; the same command attaches
+        return record.data
     if report:
         from labjax import report as report_lib
 

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import time
 from pathlib import Path
 
@@ -45,11 +46,23 @@ def default_workdir(config_argument: str) -> Path:
 
 
 def write_status(workdir: Path, status: str, **fields) -> None:
-    """status.json (process 0 only): 'running', 'finished', 'interrupted', 'diverged', with facts."""
+    """status.json (process 0 only): 'running', 'finished', 'interrupted', 'diverged', with facts and where()."""
     from labjax import checkpoints as ckpt  # Orbax loads only where a run writes
 
     if jax.process_index() == 0:
-        ckpt.write_json(Path(workdir) / "status.json", {"status": status, "time": time.time(), **fields})
+        ckpt.write_json(Path(workdir) / "status.json", {"status": status, "time": time.time(), **where(), **fields})
+
+
+def where() -> dict:
+    """Where this process runs: its host; under SLURM its job (ARRAY_TASK for an array task) and restarts."""
+    env, fields = os.environ, {"host": socket.gethostname()}
+    if env.get("SLURM_JOB_ID"):
+        array, task = env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")
+        fields["slurm_job_id"] = f"{array}_{task}" if array and task else env["SLURM_JOB_ID"]
+        if task:
+            fields["slurm_array_task_id"] = int(task)
+        fields["slurm_restart_count"] = int(env.get("SLURM_RESTART_COUNT") or 0)
+    return fields
 
 
 def read_status(workdir: Path) -> dict:
