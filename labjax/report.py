@@ -181,7 +181,7 @@ def _confusion(run: Run) -> tuple[list | None, list[str], str]:
     return None, [], ""
 
 
-# Student's t at 97.5% for 1..30 degrees of freedom (a 95% interval of a mean); 1.96 beyond.
+# Student's t at 97.5% for 1..30 degrees of freedom (a 95% interval of a mean); _t_975 beyond.
 T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131)
 T_975 += (2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
 # Repeats of one setting the report summarises: the key, the count's column, the table's title and CSV.
@@ -197,9 +197,15 @@ def mean_interval(values: list[float]) -> tuple[float, float, float | None, floa
     mean, std = float(np.mean(values)), float(np.std(values))
     if len(values) < 2:
         return mean, std, None, None
-    t = T_975[len(values) - 2] if len(values) - 1 <= len(T_975) else 1.96
+    t = T_975[len(values) - 2] if len(values) - 1 <= len(T_975) else _t_975(len(values) - 1)
     half = t * float(np.std(values, ddof=1)) / np.sqrt(len(values))
     return mean, std, mean - half, mean + half
+
+
+def _t_975(dof: int) -> float:
+    """Student's t at 97.5% beyond the table: the Cornish-Fisher expansion around the normal's 1.96 (< 1e-4 off)."""
+    z = 1.959964
+    return z + (z**3 + z) / (4 * dof) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * dof**2)
 
 
 def repeat_groups(runs: list[Run], facts: list[dict], keys: list[str], repeat: str = "data.fold") -> list[dict]:
