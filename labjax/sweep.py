@@ -195,7 +195,7 @@ def _config_sweep(module, arg, names=()) -> list[tuple[str | None, dict]]:
             known = ", ".join(sweeps) or "none"
             raise config_lib.ConfigError(
                 f"--sweep={unknown[0]}: {module.__file__} has no named sweep {unknown[0]!r} (its SWEEPS: {known}); "
-                "a product of values is --sweep=KEY=V1,V2."
+                "for a product of values, expected KEY=VALUE,VALUE,... e.g. optimizer.name=adam,sgd."
             )
         return [pair for name in names for pair in _config_members(module, arg, f"SWEEPS[{name!r}]", sweeps[name](arg))]
     if not hasattr(module, "get_sweep"):
