@@ -337,3 +337,17 @@ def test_named_sweeps_combine_with_products_and_unknown_names_list_the_known():
     assert sweep.default_workdir("configs/cifar100_transfer.py", ["dropout"]) == Path("runs/cifar100_transfer_dropout")
     with pytest.raises(ConfigError, match="no named sweep 'dropuot'.*dropout"):
         sweep.expand("configs/cifar100_transfer.py", ["dropuot"])
+
+
+def test_the_journal_storage_keeps_a_study_in_one_file_and_a_folder_keeps_one_kind(tmp_path):
+    optuna = search.import_optuna()
+    path = search.storage_file(tmp_path, "journal")
+    assert path == tmp_path / "study.journal"
+    study = optuna.create_study(storage=search.open_storage(optuna, "journal", path), study_name=search.STUDY_NAME)
+    trial = study.ask()
+    trial.report(0.5, 1)
+    study.tell(trial, 0.7)
+    again = optuna.load_study(study_name=search.STUDY_NAME, storage=search.open_storage(optuna, "journal", path))
+    assert [(t.value, t.intermediate_values) for t in again.trials] == [(0.7, {1: 0.5})]
+    with pytest.raises(ConfigError, match="keeps its study in study.journal; add --storage=journal"):
+        search.storage_file(tmp_path, "sqlite")
