@@ -37,6 +37,7 @@ import ml_collections
 
 from labjax.config import base_config, parse_arg
 from labjax.models import CLASSIFICATION, MODELS, task_of
+from labjax.sweep import arg_overrides
 
 ARGS = ("tfds", "smoke")
 KEYS = ("model", "size", "classes", "freeze", "path")
@@ -120,3 +121,54 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.num_epochs, config.log_every_steps = 2, 2
         config.optimizer.learning_rate = 1e-3  # 2.5e-5 barely moves a from-scratch model in 2 epochs
     return config
+
+
+# --- S3's studies as named sweeps: `--mode=sweep --config=configs/cifar100_transfer.py[:ARG] --sweep=NAME` ---
+# The zoo: the simple CNN (TensorFlow's tutorial), the custom CNN (small_cnn: S2's Keras-style net), LeNet-5, and
+# the ImageNet families with a new head; each member the config of `:model=NAME` (its own input size).
+ZOO = (
+    "spec_cnn",
+    "small_cnn",
+    "lenet5",
+    "vgg16",
+    "xception",
+    "efficientnetb7",
+    "resnet50",
+    "resnet152v2",
+    "densenet121",
+    "densenet169",
+    "densenet201",
+    "mobilenetv2",
+    "inceptionv3",
+)
+CLASSES = (20, 40, 60, 80)  # the final model on the first K classes
+AUGMENT = "flip_lr|rotate(0.1)|zoom(0.1)|contrast(0.1)"  # S3's augmentation: 10% each
+
+
+def _zoo(arg):
+    smoke = "smoke" in (arg or "").split(",")
+    for name in ZOO:
+        pieces = [f"model={name}"]
+        if smoke and MODELS[name].min_size > 32:  # smoke images are 32 px: resize to what the model takes
+            pieces.append(f"size={MODELS[name].min_size}")
+        yield name, arg_overrides(get_config, arg, pieces)
+
+
+def _freeze(arg):
+    freezes = (("frozen", "backbone"), ("last10", "fraction:0.1"), ("last20", "fraction:0.2"), ("none", "none"))
+    for name, spec in freezes:
+        yield f"freeze_{name}", arg_overrides(get_config, arg, [f"freeze={spec}"])
+
+
+SWEEPS = {
+    "zoo": _zoo,
+    "size": lambda arg: ((f"size_{n}", arg_overrides(get_config, arg, [f"size={n}"])) for n in (32, 78, 96, 128)),
+    "augment": lambda arg: [("no_augment", {"data.augment": ""}), ("augment", {"data.augment": AUGMENT})],
+    "freeze": _freeze,
+    "dropout": lambda arg: ((f"dropout_{d}", {"model.dropout": d}) for d in (0.15, 0.25, 0.3, 0.5, 0.7)),
+    "patience": lambda arg: ((f"patience_{p}", {"early_stopping.patience": p}) for p in (3, 7, 10)),
+    "lr": lambda arg: ((f"lr_{r}", {"optimizer.learning_rate": r}) for r in (5e-6, 2.5e-5, 5e-5, 5e-4, 5e-3)),
+    "batch": lambda arg: ((f"batch_{b}", {"batch_size": b}) for b in (32, 64, 128, 256)),
+    "optimizer": lambda arg: ((name, {"optimizer.name": name}) for name in ("adam", "adamax", "sgd")),
+    "classes": lambda arg: ((f"classes_{k}", arg_overrides(get_config, arg, [f"classes={k}"])) for k in CLASSES),
+}

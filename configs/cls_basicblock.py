@@ -36,6 +36,7 @@ import ml_collections
 
 from labjax.cli import default_workdir
 from labjax.config import base_config, parse_arg
+from labjax.sweep import arg_overrides
 
 ARGS = ("randaugment", "multistep", "finetune", "smoke")  # variants, combinable with each other except as noted
 KEYS = ("path",)  # key=value arguments
@@ -108,3 +109,24 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.name = "basicblocknet"  # widths 32, 64, 128: 64x64 -> 16x16x128 before pooling
     config.model.dropout = 0.7
     return config
+
+
+def s1_sweeps(config_function) -> dict:
+    """S1's studies as named sweeps of a config: the schedule (plateau, multistep), the augmentation (flips and
+    RandomErasing, or RandAugment), and both (`--sweep=variants`)."""
+
+    def member(arg, name, pieces):
+        return name, arg_overrides(config_function, arg, pieces, drop=("multistep", "randaugment"))
+
+    schedules = {"plateau": [], "multistep": ["multistep"]}
+    augments = {"erasing": [], "randaugment": ["randaugment"]}
+    return {
+        "schedule": lambda arg: [member(arg, name, pieces) for name, pieces in schedules.items()],
+        "augmentation": lambda arg: [member(arg, name, pieces) for name, pieces in augments.items()],
+        "variants": lambda arg: [
+            member(arg, f"{s}_{a}", [*sp, *ap]) for s, sp in schedules.items() for a, ap in augments.items()
+        ],
+    }
+
+
+SWEEPS = s1_sweeps(get_config)

@@ -37,3 +37,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     model.head, model.pooling, model.dropout = "new", "avg", 0.7
     model.bn_momentum = 0.9  # from scratch: Keras' 0.99 leaves the running averages far from the data for long
     return config
+
+
+SWEEPS = cls_basicblock.s1_sweeps(get_config)  # S1's schedule and augmentation variants (`--sweep=schedule`, ...)

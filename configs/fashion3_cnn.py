@@ -25,6 +25,7 @@ Arguments, comma-separated (`:arch10,kfold`, `:proposed,smoke`):
 import ml_collections
 
 from labjax.config import base_config, parse_arg
+from labjax.sweep import arg_overrides
 
 FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 ARCHITECTURES = ("arch4", "arch5", "arch10", "proposed")
@@ -71,3 +72,22 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.batch_size, config.eval_batch_size = 16, 32
         config.num_epochs, config.log_every_steps = 2, 5
     return config
+
+
+# --- S2's studies as named sweeps: the architectures (`--sweep=architectures`), and each over 5 folds ---
+FOLDS = 5
+
+
+def _architectures(arg):
+    for name in ARCHITECTURES:
+        yield name, arg_overrides(get_config, arg, [name], drop=ARCHITECTURES)
+
+
+def _architectures_folds(arg):
+    for name in ARCHITECTURES:
+        overrides = arg_overrides(get_config, arg, [name, "kfold"], drop=ARCHITECTURES)
+        for fold in range(FOLDS):
+            yield f"{name}_fold{fold}", {**overrides, "data.fold": fold}
+
+
+SWEEPS = {"architectures": _architectures, "architectures_folds": _architectures_folds}

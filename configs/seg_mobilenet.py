@@ -91,3 +91,6 @@ def run_name(overrides: dict) -> str:
     """RUN_NAME filled from a member's overrides, absent keys dropped: `sgd_0.01`, `adam_0.001_0.8_0.85`."""
     keys = [field for _, field, _, _ in string.Formatter().parse(RUN_NAME) if field]
     return "_".join(str(overrides[key]) for key in keys if key in overrides)
+
+
+SWEEPS = {"optimizers": get_sweep}  # the same 21 runs by name (`--sweep=optimizers`)

@@ -33,6 +33,7 @@ native size. The study's settings, comma-separated (`:convnn2,l2,flip,path=DIR`)
 import ml_collections
 
 from labjax.config import base_config, parse_arg
+from labjax.sweep import arg_overrides
 
 MODELS = ("convnn1", "convnn2")
 ARGS = (*MODELS, "l2", "flip", "kfold", "smoke")
@@ -94,3 +95,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.batch_size, config.eval_batch_size = 4, 16
         config.num_epochs, config.log_every_steps = 2, 2
     return config
+
+
+# --- S4's studies as named sweeps (`--sweep=settings`, `--sweep=settings_folds`), for the arg's model ---
+SETTINGS = {"base": [], "flip": ["flip"], "l2": ["l2"], "dropout0.25": ["dropout=0.25"], "dropout0.5": ["dropout=0.5"]}
+FOLDS = 5
+
+
+def _settings(arg):
+    for name, pieces in SETTINGS.items():
+        yield name, arg_overrides(get_config, arg, pieces)
+
+
+def _settings_folds(arg):
+    for name, pieces in SETTINGS.items():
+        overrides = arg_overrides(get_config, arg, [*pieces, "kfold"])
+        for fold in range(FOLDS):
+            yield f"{name}_fold{fold}", {**overrides, "data.fold": fold}
+
+
+SWEEPS = {"settings": _settings, "settings_folds": _settings_folds}

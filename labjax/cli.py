@@ -1,8 +1,8 @@
 """What launch.py does with its flags: pick the workdir, run the mode, turn errors into messages.
 
 A user's mistake (an errors.UserError: bad config value, missing file, wrong workdir) prints
-one clear line and exits with status 2; a diverged run exits 3 and an interrupted one 130, so
-scripts and sweeps can tell them apart; a sweep with failed members exits 1. Anything else is
+one clear line and exits with status 2; a diverged run exits 3, a pruned search trial 4 and an
+interrupted one 130, so scripts and sweeps can tell them apart; a sweep with failed members exits 1. Anything else is
 a bug and keeps its traceback. LABJAX_DEBUG=1 shows full tracebacks for a user's mistakes too.
 """
 
@@ -14,7 +14,14 @@ from pathlib import Path
 from labjax import config as config_lib
 from labjax import config_files, errors
 from labjax.errors import ConfigError, MissingFileError
-from labjax.workdir import EXIT_DIVERGED, EXIT_FAILED_MEMBERS, EXIT_INTERRUPTED, EXIT_USER_ERROR, default_workdir
+from labjax.workdir import (
+    EXIT_DIVERGED,
+    EXIT_FAILED_MEMBERS,
+    EXIT_INTERRUPTED,
+    EXIT_PRUNED,
+    EXIT_USER_ERROR,
+    default_workdir,
+)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -117,12 +124,24 @@ def _loaded_config(flags):
 def _check_mode_flags(flags, config, overrides) -> None:
     """Flags that do not go with the mode, or that it needs and lacks."""
     mode = flags.mode
-    if mode != "sweep" and (flags.sweep or flags["parallel"].present or flags.vectorize or flags.launcher != "local"):
-        raise ConfigError(f"--sweep, --parallel, --vectorize and --launcher need --mode=sweep (not --mode={mode}).")
+    if mode != "sweep" and (flags.sweep or flags.vectorize or flags.launcher != "local"):
+        raise ConfigError(f"--sweep, --vectorize and --launcher need --mode=sweep (not --mode={mode}).")
     _check_launcher_flags(flags)
+    if mode not in ("sweep", "search") and (flags["parallel"].present or flags["seeds"].present):
+        raise ConfigError(f"--parallel and --seeds need --mode=sweep or --mode=search (not --mode={mode}).")
+    search_flags = [name for name in ("trials", "space", "sampler", "pruner", "storage") if flags[name].present]
+    if mode != "search" and search_flags:
+        raise ConfigError(f"--{search_flags[0]} needs --mode=search (not --mode={mode}).")
+    if mode == "search" and flags.seeds != 1:
+        raise ConfigError(
+            "--seeds goes with --mode=sweep, not yet with --mode=search: repeat the best trial's settings over seeds "
+            "with --mode=sweep --seeds=K."
+        )
+    if mode == "search" and not flags.trials:
+        raise ConfigError("--trials=N is required with --mode=search: the number of trials the study should have.")
     if overrides and mode not in ("eval", "predict"):
         raise ConfigError(f"{overrides[0]}: --config.KEY=VALUE needs --config=FILE with --mode={mode}.")
-    if mode in ("train", "data", "summary", "sweep") and config is None:
+    if mode in ("train", "data", "summary", "sweep", "search") and config is None:
         raise ConfigError(f"--config is required with --mode={mode}, e.g. --config=configs/seg_mobilenet.py")
     if mode == "report" and not flags.workdir:
         raise ConfigError("--workdir is required with --mode=report (a run or a sweep folder).")
@@ -159,9 +178,10 @@ def _workdir(flags) -> Path:
 # Each mode imports what it needs (TensorFlow, the models) only when it runs.
 def _train(flags, config, overrides) -> None:
     config_lib.validate(config)  # a config mistake is reported before TensorFlow and the data load
-    from labjax import train
+    from labjax import search, train
 
-    train.train_and_evaluate(config, _workdir(flags), overwrite=flags.overwrite)
+    hook = search.trial_hook()  # a search's trial (LABJAX_TRIAL set by its launcher) reports each epoch
+    train.train_and_evaluate(config, _workdir(flags), overwrite=flags.overwrite, epoch_hook=hook)
 
 
 def _data(flags, config, overrides) -> None:
@@ -194,6 +214,24 @@ def _sweep(flags, config, overrides) -> None:
         overwrite=flags.overwrite,
         vectorize=flags.vectorize,
         launcher=launcher,
+        seeds=flags.seeds,
+    )
+
+
+def _search(flags, config, overrides) -> None:
+    from labjax import search
+
+    search.run_search(
+        flags["config"].config_filename,
+        flags.workdir,
+        flags.space,
+        flags["config"].override_values,
+        trials=flags.trials,
+        sampler=flags.sampler,
+        pruner=flags.pruner,
+        storage=flags.storage,
+        parallel=flags.parallel,
+        overwrite=flags.overwrite,
     )
 
 
@@ -220,6 +258,7 @@ MODES = {
     "data": _data,
     "summary": _summary,
     "sweep": _sweep,
+    "search": _search,
     "report": _report,
     "eval": _eval,
     "predict": _predict,
@@ -231,6 +270,7 @@ def exit_code(error: Exception) -> int | None:
     codes = (
         (errors.UserError, EXIT_USER_ERROR),
         (errors.TrainingDiverged, EXIT_DIVERGED),
+        (errors.TrainingPruned, EXIT_PRUNED),
         (errors.TrainingInterrupted, EXIT_INTERRUPTED),
         (errors.SweepInterrupted, EXIT_INTERRUPTED),
         (errors.SweepIncomplete, EXIT_FAILED_MEMBERS),

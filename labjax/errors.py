@@ -35,6 +35,10 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; status.json says 'diverged'."""
 
 
+class TrainingPruned(RuntimeError):
+    """A search's pruner stopped the trial after an epoch; status.json says 'pruned', its checkpoint is kept."""
+
+
 class TrainingInterrupted(RuntimeError):
     """SIGINT/SIGTERM (or a test's stop_after_step): a checkpoint was saved first."""
 

@@ -5,7 +5,10 @@ python launch.py --mode=eval --workdir=DIR [--checkpoint=latest|best|STEP|all] [
 python launch.py --mode=predict --workdir=DIR --inputs=PATH_OR_GLOB [--output=DIR] [--checkpoint=...]
 python launch.py --mode=data|summary --config=configs/NAME.py[:ARG] [--config.KEY=VALUE ...] [--workdir=DIR]
 python launch.py --mode=sweep --config=configs/NAME.py[:ARG] [--sweep=KEY=V1,V2 ...] [--parallel=N] [--workdir=DIR]
-                 [--vectorize]
+                 [--vectorize] [--seeds=K] [--launcher=slurm --slurm=KEY=VALUE,... [--detach]];
+                 --sweep=NAME runs the config's named sweep (SWEEPS)
+python launch.py --mode=search --config=configs/NAME.py[:ARG] --trials=N [--space='KEY=loguniform(a,b)' ...]
+                 [--sampler=tpe|random|grid] [--pruner=median|hyperband|threshold(...)|none] [--storage=sqlite|journal]
 python launch.py --mode=report --workdir=DIR
 Several processes (hosts): add --coordinator=HOST:PORT --num_processes=N --process_id=I to a train command
 (or start it under srun/mpirun, which JAX detects).
@@ -25,10 +28,11 @@ config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/seg_m
 flags.DEFINE_enum(
     "mode",
     "train",
-    ["train", "eval", "predict", "data", "summary", "sweep", "report"],
+    ["train", "eval", "predict", "data", "summary", "sweep", "search", "report"],
     "train | eval a checkpoint | predict: run a checkpoint on image files | data: inspect the input"
     " | summary: the model's parameters, FLOPs and memory"
-    " | sweep: train every member of a sweep | report: HTML/Markdown report of a run or a sweep folder.",
+    " | sweep: train every member of a sweep | search: an Optuna study of trials (docs/search.md)"
+    " | report: HTML/Markdown report of a run, a sweep or a search folder.",
 )
 flags.DEFINE_string("workdir", None, "Run folder; default runs/<config name>[_<arg>].")
 flags.DEFINE_bool("overwrite", False, "Delete the run already in --workdir and train anew.")
@@ -37,7 +41,10 @@ flags.DEFINE_string("split", "validation", "eval: the split to evaluate.")
 flags.DEFINE_string("inputs", None, "predict: an image file, a folder of images or a glob ('photos/**/*.jpg').")
 flags.DEFINE_string("output", None, "predict: the folder for predictions; default WORKDIR/predict.")
 flags.DEFINE_multi_string(
-    "sweep", [], "sweep: KEY=V1,V2,... (repeat the flag for a product; combined with the config's get_sweep)."
+    "sweep",
+    [],
+    "sweep: KEY=V1,V2,... (repeat the flag for a product; combined with the config's get_sweep),"
+    " or NAME, one of the config's named sweeps (SWEEPS: a study's runs).",
 )
 flags.DEFINE_bool(
     "vectorize",
@@ -48,8 +55,29 @@ flags.DEFINE_bool(
 flags.DEFINE_integer(
     "parallel",
     1,
-    "sweep: members trained at once as separate processes (0: one after another in this process);"
-    " with --launcher=slurm the array tasks running at once (default: all).",
+    "sweep, search: members (trials) trained at once as separate processes (0: one after another in this"
+    " process; sweeps only); with --launcher=slurm the array tasks running at once (default: all).",
+)
+flags.DEFINE_integer("seeds", 1, "sweep: repeat every member over K seeds (config.seed, +1, ...); mean, std, 95% CI.")
+flags.DEFINE_integer("trials", None, "search: the number of trials the study should have (a re-run continues).")
+flags.DEFINE_multi_string(
+    "space",
+    [],
+    "search: KEY=loguniform(a,b) | uniform(a,b) | int(a,b) | choice(a,b,...), repeatable;"
+    " added to (and replacing keys of) the config's get_search_space(arg).",
+)
+flags.DEFINE_enum("sampler", "tpe", ["tpe", "random", "grid"], "search: Optuna's sampler (grid: choice() keys only).")
+flags.DEFINE_string(
+    "pruner",
+    "median",
+    "search: median | hyperband | threshold(lower=X) or (upper=X) | none, with Optuna's keyword arguments"
+    " (median(n_startup_trials=2)); prunes on checkpoint.best_metric after each epoch.",
+)
+flags.DEFINE_string(
+    "storage",
+    "sqlite",
+    "search: the study's storage in the search folder: sqlite (study.db) or journal (study.journal, a file"
+    " that machines sharing the folder can all add trials to).",
 )
 flags.DEFINE_enum(
     "launcher", "local", ["local", "slurm"], "sweep: local processes, or a SLURM job array (docs/cluster.md)."

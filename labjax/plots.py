@@ -206,3 +206,78 @@ def plot_bars(names: list[str], quantities: dict[str, list], path: Path) -> Path
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
+
+
+def plot_band_curves(settings: list[tuple[str, list[list[dict]]]], metrics: list[str], path: Path) -> Path:
+    """Per metric a panel with one line per setting: the mean over its repeats (seeds) per epoch, and a band of
+    one standard deviation around it (numpy's, over the repeats that reached that epoch)."""
+    colors = plt.get_cmap("tab10" if len(settings) <= 10 else "tab20")(np.arange(len(settings)) % 20)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for color, (label, runs) in zip(colors, settings):
+            by_epoch: dict[float, list[float]] = {}
+            for rows in runs:
+                for row in rows:
+                    if isinstance(row.get(metric), float) and np.isfinite(row[metric]):
+                        by_epoch.setdefault(row["epoch"], []).append(row[metric])
+            if not by_epoch:
+                continue
+            epochs = sorted(by_epoch)
+            mean = np.array([np.mean(by_epoch[e]) for e in epochs])
+            std = np.array([np.std(by_epoch[e]) for e in epochs])
+            ax.plot(epochs, mean, marker="o", ms=2, color=color, label=f"{label} (n={len(runs)})")
+            ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
+        ax.set(xlabel="epoch", ylabel=metric, title=f"{metric}: mean ± std over seeds")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def plot_search(trials: list[dict], metric: str, mode: str, importances: dict, path: Path, log_keys=()) -> Path:
+    """A search's figure: the optimisation history (each trial's value, the best so far), each key's value
+    against the metric (a log axis for `log_keys`, the loguniform ones), and the parameter importances."""
+    done = [t for t in trials if t.get("value") is not None]
+    keys = list(dict.fromkeys(key for t in trials for key in t.get("params", {})))
+    panels = 1 + len(keys) + (1 if importances else 0)
+    fig, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 3.8), squeeze=False)
+    ax = axes[0][0]
+    if done:
+        numbers, values = [t["number"] for t in done], [t["value"] for t in done]
+        running = (np.maximum if mode == "max" else np.minimum).accumulate(values)
+        ax.scatter(numbers, values, s=14, label="trial")
+        ax.step(numbers, running, where="post", color="tab:red", label="best so far")
+        ax.legend(fontsize=7)
+    pruned = [t for t in trials if t.get("state") == "PRUNED"]
+    ax.set(xlabel="trial", ylabel=metric, title=f"history ({len(done)} complete, {len(pruned)} pruned)")
+    ax.grid(alpha=0.3)
+    for ax, key in zip(axes[0][1:], keys):
+        points = [(t["params"][key], t["value"]) for t in done if key in t.get("params", {})]
+        numeric = points and all(isinstance(x, int | float) and not isinstance(x, bool) for x, _ in points)
+        if points and numeric:
+            ax.scatter(*zip(*points), s=14)
+            if key in log_keys:
+                ax.set_xscale("log")
+        elif points:
+            labels = list(dict.fromkeys(str(x) for x, _ in points))
+            ax.scatter([labels.index(str(x)) for x, _ in points], [v for _, v in points], s=14)
+            ax.set_xticks(range(len(labels)))
+            ax.set_xticklabels(labels, rotation=30, fontsize=7)
+        ax.set(xlabel=key, ylabel=metric, title=f"{metric} by {key}")
+        ax.grid(alpha=0.3)
+    if importances:
+        ax = axes[0][-1]
+        names = list(importances)[::-1]
+        ax.barh(range(len(names)), [importances[n] for n in names], color="tab:blue")
+        ax.set_yticks(range(len(names)))
+        ax.set_yticklabels(names, fontsize=7)
+        ax.set(xlabel="importance", title="parameter importances (Optuna)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

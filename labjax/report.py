@@ -181,11 +181,38 @@ def _confusion(run: Run) -> tuple[list | None, list[str], str]:
     return None, [], ""
 
 
-def kfold_groups(runs: list[Run], facts: list[dict], keys: list[str]) -> list[dict]:
-    """Members that differ only in data.fold, grouped: mean and std (numpy's, ddof=0) over the folds."""
-    if "data.fold" not in keys:
+# Student's t at 97.5% for 1..30 degrees of freedom (a 95% interval of a mean); _t_975 beyond.
+T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131)
+T_975 += (2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+# Repeats of one setting the report summarises: the key, the count's column, the table's title and CSV.
+REPEATS = {
+    "data.fold": ("folds", "k-fold cross-validation: mean, std and 95% interval over the folds", "kfold.csv"),
+    "seed": ("seeds", "seeds: mean, std and 95% interval over the seeds, per setting", "seeds.csv"),
+}
+
+
+def mean_interval(values: list[float]) -> tuple[float, float, float | None, float | None]:
+    """Mean, standard deviation (numpy's, ddof=0) and the 95% interval of the mean (Student's t on the
+    sample standard deviation, ddof=1); the interval is None for a single value."""
+    mean, std = float(np.mean(values)), float(np.std(values))
+    if len(values) < 2:
+        return mean, std, None, None
+    t = T_975[len(values) - 2] if len(values) - 1 <= len(T_975) else _t_975(len(values) - 1)
+    half = t * float(np.std(values, ddof=1)) / np.sqrt(len(values))
+    return mean, std, mean - half, mean + half
+
+
+def _t_975(dof: int) -> float:
+    """Student's t at 97.5% beyond the table: the Cornish-Fisher expansion around the normal's 1.96 (< 1e-4 off)."""
+    z = 1.959964
+    return z + (z**3 + z) / (4 * dof) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * dof**2)
+
+
+def repeat_groups(runs: list[Run], facts: list[dict], keys: list[str], repeat: str = "data.fold") -> list[dict]:
+    """Members that differ only in `repeat` (data.fold, seed), grouped: mean, std and 95% interval per setting."""
+    if repeat not in keys:
         return []
-    others = [k for k in keys if k != "data.fold"]
+    others = [k for k in keys if k != repeat]
     groups: dict[tuple, list[int]] = {}
     for i, run in enumerate(runs):
         groups.setdefault(tuple(json.dumps(_value(run, k)) for k in others), []).append(i)
@@ -193,13 +220,19 @@ def kfold_groups(runs: list[Run], facts: list[dict], keys: list[str]) -> list[di
     table = []
     for members in groups.values():
         row = {k: _value(runs[members[0]], k) for k in others}
-        row["folds"] = len(members)
+        row[REPEATS.get(repeat, (repeat,))[0]] = len(members)
         for measure in measures:
             values = [facts[i][measure] for i in members if facts[i].get(measure) is not None]
-            row[f"{measure} mean"] = float(np.mean(values)) if values else None
-            row[f"{measure} std"] = float(np.std(values)) if values else None
+            mean, std, low, high = mean_interval(values) if values else (None, None, None, None)
+            row.update({f"{measure} mean": mean, f"{measure} std": std})
+            row.update({f"{measure} ci95 low": low, f"{measure} ci95 high": high})
         table.append(row)
     return table
+
+
+def kfold_groups(runs: list[Run], facts: list[dict], keys: list[str]) -> list[dict]:
+    """Members that differ only in data.fold, grouped: mean, std (numpy's, ddof=0) and 95% interval."""
+    return repeat_groups(runs, facts, keys, "data.fold")
 
 
 def _slug(index: int, name: str) -> str:
@@ -226,7 +259,7 @@ def _format(column: str, value, raw=()) -> str:
         return f"{int(value):,}"
     if column == "steps/s":
         return f"{value:.3g}"
-    if column in ("train time (s)", "epochs", "best epoch", "folds", "peak memory (MB)"):
+    if column in ("train time (s)", "epochs", "best epoch", "folds", "seeds", "trial", "peak memory (MB)"):
         return f"{value:.1f}" if value % 1 else f"{int(value)}"
     return f"{value:.4f}"
 
@@ -310,11 +343,14 @@ def build(workdir: Path) -> tuple[list[Table], list[tuple[str, Path]], list[Sect
         rows[-1]["error"] = error[0] if error else None
     tables = [Table("runs", columns, rows, "runs.csv", tuple(keys))]
 
-    kfold = kfold_groups(runs, facts, keys)
-    if kfold:
-        kfold_columns = list(kfold[0])
-        title = "k-fold cross-validation: mean and std over the folds"
-        tables.append(Table(title, kfold_columns, kfold, "kfold.csv", tuple(keys)))
+    for repeat, (_, title, csv_name) in REPEATS.items():
+        groups = repeat_groups(runs, facts, keys, repeat)
+        if groups:
+            tables.append(Table(title, list(groups[0]), groups, csv_name, tuple(keys)))
+    search = _read_json(workdir / "search.json")
+    if search:
+        tables[0].title = "trials"
+        tables.append(_best_trial(search))
     binaries = []
     for run in runs:
         matrix = _confusion(run)[0]
@@ -328,25 +364,65 @@ def build(workdir: Path) -> tuple[list[Table], list[tuple[str, Path]], list[Sect
         if table.csv:
             _write_csv(files / table.csv, table.columns, table.rows)
 
-    figures = []
-    if len(runs) > 1:
-        quantities = {best_column: [f["best"] for f in facts]}
-        quantities.update({key: [f[key] for f in facts] for key in ("train time (s)", "params", "peak memory (MB)")})
-        quantities = {name: values for name, values in quantities.items() if any(v is not None for v in values)}
-        if quantities:
-            figures.append(
-                ("comparison", plots.plot_bars([r.name for r in runs], quantities, files / "comparison.png"))
-            )
-        curve_metrics = ["val_loss", *sorted(m for m in metrics if m != "val_loss")]
-        for axis_index, key in enumerate(k for k in keys if k != "data.fold"):
-            series = [(run.name, str(_value(run, key)), run.rows) for run in runs]
-            if len({group for _, group, _ in series}) > 1:
-                path = files / f"by_{axis_index:02d}_{_slug(0, key)[3:]}.png"
-                figures.append(
-                    (f"validation curves by {key}", plots.plot_overlaid_curves(series, curve_metrics, key, path))
-                )
+    figures = _figures(runs, facts, keys, metrics, best_column, search, files)
     sections = [_run_section(i, run, fact, keys, files) for i, (run, fact) in enumerate(zip(runs, facts))]
     return tables, figures, sections, sweep
+
+
+def _figures(runs, facts, keys, metrics, best_column, search: dict, files: Path) -> list[tuple[str, Path]]:
+    """The across-runs figures: comparison bars, curves per setting over seeds or by each key, a search's."""
+    figures = []
+    if search.get("trials"):
+        importances = search.get("importances")
+        logs = [key for key, text in (search.get("space") or {}).items() if text.startswith("loguniform")]
+        path = files / "search.png"
+        path = plots.plot_search(search["trials"], search["metric"], search["mode"], importances, path, logs)
+        figures.append(("search: history, each key against the metric, parameter importances", path))
+    if len(runs) < 2:
+        return figures
+    quantities = {best_column: [f["best"] for f in facts]}
+    quantities.update({key: [f[key] for f in facts] for key in ("train time (s)", "params", "peak memory (MB)")})
+    quantities = {name: values for name, values in quantities.items() if any(v is not None for v in values)}
+    if quantities:
+        figures.append(("comparison", plots.plot_bars([r.name for r in runs], quantities, files / "comparison.png")))
+    curve_metrics = ["val_loss", *sorted(m for m in metrics if m != "val_loss")]
+    if "seed" in keys:
+        settings = _settings(runs, [k for k in keys if k != "seed"])
+        path = plots.plot_band_curves(settings, curve_metrics, files / "by_setting_over_seeds.png")
+        figures.append(("validation curves per setting: mean and ± 1 std band over the seeds", path))
+    for axis_index, key in enumerate(k for k in keys if k not in ("data.fold", "seed") and not search):
+        series = [(run.name, str(_value(run, key)), run.rows) for run in runs]
+        if len({group for _, group, _ in series}) > 1:
+            path = files / f"by_{axis_index:02d}_{_slug(0, key)[3:]}.png"
+            figures.append(
+                (f"validation curves by {key}", plots.plot_overlaid_curves(series, curve_metrics, key, path))
+            )
+    return figures
+
+
+def _settings(runs: list[Run], keys: list[str]) -> list[tuple[str, list[list[dict]]]]:
+    """Runs grouped by their values of `keys` (a setting): (label, each run's rows)."""
+    groups: dict[str, list[list[dict]]] = {}
+    for run in runs:
+        label = ", ".join(f"{k}={_value(run, k)}" for k in keys) or "all"
+        groups.setdefault(label, []).append(run.rows)
+    return list(groups.items())
+
+
+def _best_trial(search: dict) -> Table:
+    """The search's best trial: number, value, values and the command that trains it again."""
+    best = search.get("best") or {}
+    counts = {state: sum(t["state"] == state for t in search.get("trials", [])) for state in ("COMPLETE", "PRUNED")}
+    row = {
+        "trial": best.get("number"),
+        "run": best.get("name"),
+        f"best {search.get('metric')}": best.get("value"),
+        **{key: value for key, value in (best.get("params") or {}).items()},
+        "complete / pruned / of": f"{counts['COMPLETE']} / {counts['PRUNED']} / {search.get('trials_wanted')}",
+        "command": best.get("command"),
+    }
+    title = f"best trial ({search.get('mode')} {search.get('metric')}; space {search.get('space')})"
+    return Table(title, list(row), [row], None, tuple(best.get("params") or {}) + ("command",))
 
 
 def write_report(workdir: str | Path) -> Path:
@@ -418,6 +494,7 @@ img { max-width: 100%; height: auto; margin: 0.3em 0; }
 figure { display: inline-block; margin: 0.5em; vertical-align: top; }
 figcaption { font-size: 0.8em; color: #555; }
 .finished { color: #1a7f37; } .diverged, .failed { color: #c62828; } .interrupted, .pending { color: #b26a00; }
+.pruned { color: #6a1b9a; }
 pre { background: #f7f7f7; padding: 0.5em; overflow-x: auto; }
 """
 

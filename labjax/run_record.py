@@ -22,7 +22,7 @@ from labjax import checkpoints as ckpt
 from labjax import config as config_lib
 from labjax import optim, plots
 from labjax import workdir as workdir_lib
-from labjax.errors import ConfigError
+from labjax.errors import ConfigError, TrainingPruned
 
 RANK = "early_stopping_rank"  # checkpoint metric of runs with early stopping
 
@@ -161,6 +161,7 @@ class RunRecord:
         class_names: list[str],
         input_spec: dict | None = None,
         plot_each_epoch: bool = True,
+        epoch_hook=None,
     ):
         from labjax import writers  # TensorBoard's writer loads TensorFlow: only where a run writes
 
@@ -178,6 +179,8 @@ class RunRecord:
         self.summary, self.computed = None, None  # the latest validation summary and computed metrics
         self.pending_epoch = None  # an epoch's train scalars when a stop came before its end was recorded
         self._open = True
+        # epoch_hook(step, epoch, scalars) -> True to stop now (a search's pruner, labjax/search.py)
+        self.epoch_hook = epoch_hook
 
     @property
     def num_epochs(self) -> int:
@@ -303,7 +306,18 @@ class RunRecord:
             print(f"Early stopping: no {stopper.monitor} improvement in {stopper.patience} epochs.", flush=True)
         if self.plot_each_epoch:
             self._plot()
+        stop = self.epoch_hook(step, -(-step // spe), scalars) if self.epoch_hook is not None else False
+        if stop and not last:
+            self.prune(state, metrics, saved=improved or (step // spe) % self.config.checkpoint.every_epochs == 0)
         return EpochEnd(scalars, state, lr_scale, last, self.stopped_early)
+
+    def prune(self, state, metrics: dict, saved: bool) -> None:
+        """The epoch hook stopped the run: its checkpoint is kept (saved now unless it was), status 'pruned'."""
+        if not saved:
+            self.save(state, metrics)
+        epoch = -(-self.step // self.steps_per_epoch)
+        self.write_status("pruned", step=self.step, epoch=epoch, epochs=epoch, train_time_s=self.train_time)
+        raise TrainingPruned(f"pruned after epoch {epoch} of {self.num_epochs} (step {self.step}); checkpoint kept.")
 
     def _restore_best(self, state, evaluate):
         """The run ends with the best epoch's weights: the final checkpoint holds them."""

@@ -36,8 +36,10 @@ from labjax import config_files
 from labjax import workdir as workdir_lib
 from labjax.errors import MissingFileError, SweepIncomplete, SweepInterrupted, UserError
 
-STATUSES = ("pending", "running", "finished", "diverged", "failed", "interrupted")
-DONE = ("finished", "diverged")  # a diverged member diverges again from the same start: not re-run
+STATUSES = ("pending", "running", "finished", "diverged", "pruned", "failed", "interrupted")
+# A diverged member diverges again from the same start, a pruned trial (labjax/search.py) would be pruned
+# again: neither is re-run.
+DONE = ("finished", "diverged", "pruned")
 LAUNCH = Path(__file__).resolve().parents[1] / "launch.py"
 
 
@@ -48,12 +50,15 @@ class Member:
     name: str
     overrides: dict
     config: ml_collections.ConfigDict
+    env: dict = dataclasses.field(default_factory=dict)  # added to its process's environment (a search's trial)
 
 
-def default_workdir(config_argument: str) -> Path:
-    """configs/seg_mobilenet.py:smoke -> runs/seg_mobilenet_smoke_sweep."""
+def default_workdir(config_argument: str, sweep_flags=()) -> Path:
+    """configs/seg_mobilenet.py:smoke -> runs/seg_mobilenet_smoke_sweep; a named sweep's name instead of `sweep`
+    (`--sweep=dropout` -> runs/cifar100_transfer_dropout)."""
     base = workdir_lib.default_workdir(config_argument)
-    return base.with_name(base.name + "_sweep")
+    names = [text for text in sweep_flags if "=" not in text]
+    return base.with_name(base.name + "_" + ("+".join(names) if names else "sweep"))
 
 
 def load_config_module(config_argument: str):
@@ -149,43 +154,103 @@ def member_name(module, typed: dict, named_keys: set, config: ml_collections.Con
     return ",".join(part for part in (name, default_name(extra) if extra else "") if part) or "default"
 
 
-def _config_sweep(module, arg) -> list[dict]:
-    if not hasattr(module, "get_sweep"):
-        return [{}]
-    members = list(module.get_sweep(arg))
+def arg_overrides(get_config, arg: str | None, add=(), drop=()) -> dict:
+    """The overrides that turn get_config(arg) into get_config(arg with `add`, without `drop`): a named sweep's
+    member written as config arguments (`model=vgg16`, `kfold`) but run as --config.KEY=VALUE flags.
+
+    `add` pieces replace the arg's pieces of the same key (`size=96` replaces `size=32`); `drop`
+    removes names (the other models of a one-of choice).
+    """
+    pieces = [piece.strip() for piece in (arg or "").split(",") if piece.strip()]
+    added_keys = {piece.partition("=")[0] for piece in add if "=" in piece}
+    kept = [p for p in pieces if p not in drop and p not in add and p.partition("=")[0] not in added_keys]
+    base = config_lib.flatten(config_lib.to_dict(get_config(arg)))
+    other = config_lib.flatten(config_lib.to_dict(get_config(",".join([*kept, *add]) or None)))
+    if set(other) - set(base):
+        raise config_lib.ConfigError(f"{add}: adds config keys {sorted(set(other) - set(base))} an override cannot.")
+    return {key: value for key, value in other.items() if key in base and base[key] != value}
+
+
+def named_sweeps(module) -> dict:
+    """The config's SWEEPS: study name -> function(arg) yielding members (dicts, or (run name, dict) pairs)."""
+    return dict(getattr(module, "SWEEPS", {}))
+
+
+def _config_members(module, arg, source: str, members) -> list[tuple[str | None, dict]]:
+    members = list(members)
     if not members:
-        raise config_lib.ConfigError(f"{module.__file__}: get_sweep({arg!r}) yielded no members (an empty sweep).")
+        raise config_lib.ConfigError(f"{module.__file__}: {source} yielded no members (an empty sweep).")
+    pairs = []
     for member in members:
-        if not isinstance(member, dict):
-            raise config_lib.ConfigError(f"{module.__file__}: get_sweep yielded {member!r}; expected a dict.")
-    return members
+        name, overrides = member if isinstance(member, tuple) and len(member) == 2 else (None, member)
+        if not isinstance(overrides, dict):
+            raise config_lib.ConfigError(f"{module.__file__}: {source} yielded {member!r}; expected a dict.")
+        pairs.append((name, overrides))
+    return pairs
 
 
-def expand(config_argument: str, sweep_flags=(), base_overrides: dict | None = None) -> list[Member]:
-    """Every member of the sweep, in order: the config's get_sweep times the product of the --sweep flags.
+def _config_sweep(module, arg, names=()) -> list[tuple[str | None, dict]]:
+    """(run name or None, overrides) of the config's get_sweep, or of its named sweeps one after another."""
+    if names:
+        sweeps = named_sweeps(module)
+        unknown = [name for name in names if name not in sweeps]
+        if unknown:
+            known = ", ".join(sweeps) or "none"
+            raise config_lib.ConfigError(
+                f"--sweep={unknown[0]}: {module.__file__} has no named sweep {unknown[0]!r} (its SWEEPS: {known}); "
+                "for a product of values, expected KEY=VALUE,VALUE,... e.g. optimizer.name=adam,sgd."
+            )
+        return [pair for name in names for pair in _config_members(module, arg, f"SWEEPS[{name!r}]", sweeps[name](arg))]
+    if not hasattr(module, "get_sweep"):
+        return [(None, {})]
+    return _config_members(module, arg, f"get_sweep({arg!r})", module.get_sweep(arg))
+
+
+def seed_axis(config, seeds: int) -> list[int]:
+    """--seeds=K: the config's seed and the K-1 after it."""
+    if seeds < 1:
+        raise config_lib.ConfigError(f"--seeds={seeds} is invalid: expected K >= 1 (each member repeated K times).")
+    return [config.seed + i for i in range(seeds)]
+
+
+def expand(config_argument: str, sweep_flags=(), base_overrides: dict | None = None, seeds: int = 1) -> list[Member]:
+    """Every member of the sweep, in order: the config's get_sweep (or the named sweeps that --sweep=NAME
+    picks from its SWEEPS) times the product of the --sweep=KEY=V1,V2 flags, times --seeds.
 
     Each member's config is validated (model, optimizer, values) before it is returned; what
     needs the data or the devices is checked by the member's own run.
     """
     module, arg = load_config_module(config_argument)
-    axes = [parse_sweep_flag(text) for text in sweep_flags]
+    named = [text.strip() for text in sweep_flags if "=" not in text]
+    axes = [parse_sweep_flag(text) for text in sweep_flags if "=" in text]
+    if seeds != 1:
+        if "seed" in [key for key, _ in axes]:
+            raise config_lib.ConfigError("--seeds and --sweep=seed=... both set the seeds; give one of them.")
+        axes.append(("seed", seed_axis(module.get_config(arg), seeds)))
     keys = [key for key, _ in axes]
     if len(set(keys)) < len(keys):
         raise config_lib.ConfigError(f"--sweep names a key twice: {keys}; give all its values in one flag.")
-    if not hasattr(module, "get_sweep") and not axes:
+    own_sweep = bool(named) or hasattr(module, "get_sweep")
+    if not own_sweep and not axes:
         raise config_lib.ConfigError(
             f"{config_argument}: nothing to sweep; the config defines no get_sweep() "
-            "and no --sweep=KEY=V1,V2 was given."
+            "and no --sweep=KEY=V1,V2 (or --sweep=NAME of its SWEEPS, or --seeds=K) was given."
         )
     products = [dict(zip(keys, values)) for values in itertools.product(*[values for _, values in axes])]
     members, names = [], {}
-    for own, product in itertools.product(_config_sweep(module, arg), products):
+    for (given, own), product in itertools.product(_config_sweep(module, arg, named), products):
+        if seeds != 1 and "seed" in own:
+            raise config_lib.ConfigError(f"--seeds: sweep member {own} sets the seed itself; drop --seeds.")
         overrides = {**own, **product}
         config = module.get_config(arg)
         config_lib.apply_overrides(config, dict(base_overrides or {}), source="--config")
         config_lib.apply_overrides(config, overrides, source=f"sweep member {overrides}")
         typed = {key: config_path.get_value(key, config) for key in overrides}
-        name = member_name(module, typed, set(own) if hasattr(module, "get_sweep") else set(typed), config)
+        if given is not None:  # a named sweep's member names itself; --sweep keys are added as `,k=v`
+            extra = {key: value for key, value in typed.items() if key not in own}
+            name = ",".join([given, *([default_name(extra)] if extra else [])])
+        else:
+            name = member_name(module, typed, set(own) if own_sweep else set(typed), config)
         _check_name(name, overrides)
         if name in names:
             raise config_lib.ConfigError(
@@ -272,6 +337,8 @@ def outcome(returncode: int, lines) -> tuple[str, str | None]:
         return "finished", None
     if returncode == workdir_lib.EXIT_DIVERGED:
         return "diverged", _error_line(lines) or "diverged"
+    if returncode == workdir_lib.EXIT_PRUNED:
+        return "pruned", None
     if returncode in (workdir_lib.EXIT_INTERRUPTED, -signal.SIGINT, -signal.SIGTERM):
         return "interrupted", _error_line(lines) or "interrupted"
     tail = "\n".join(lines[-15:])
@@ -403,27 +470,37 @@ def _record(record: SweepRecord, entry: dict, status: str, error: str | None, st
     print(f"[sweep] {entry['name']}: {status} after {_format_seconds(time.time() - started)}{note}", flush=True)
 
 
-def _run_processes(todo, record, workdir, config_argument, base_overrides, parallel, overwrite) -> bool:
-    """Runs members as launch.py children, `parallel` at a time; False when a signal stopped the sweep."""
+def _run_processes(todo, record, workdir, config_argument, base_overrides, parallel, overwrite, on_end=None) -> bool:
+    """Runs members as launch.py children, `parallel` at a time; False when a signal stopped the sweep.
+
+    `todo` yields (member, entry) pairs, drawn one by one as slots free (a search asks its sampler
+    for a trial then); `on_end(member, entry)` runs after a member's end is recorded.
+    """
     cpus, gpus = sorted(os.sched_getaffinity(0)), (visible_gpus() if parallel > 1 else [])
-    pending, running, stopped_at = deque(todo), {}, 0
+    pending, running, stopped_at, exhausted = iter(todo), {}, 0, False
     with _Signals() as signals:
         try:
-            while pending or running:
+            while (not exhausted and not signals.count) or running:
                 if signals.count > stopped_at:  # forward once per Ctrl-C: first SIGINT (checkpoint), then SIGKILL
                     stopped_at = signals.count
                     for child in running.values():
                         child.process.send_signal(signal.SIGINT if signals.count == 1 else signal.SIGKILL)
                 free = [slot for slot in range(max(parallel, 1)) if slot not in running]
-                while pending and free and not signals.count:
-                    member, entry = pending.popleft()
+                while not exhausted and free and not signals.count:
+                    item = next(pending, None)
+                    if item is None:
+                        exhausted = True
+                        break
+                    member, entry = item
                     slot = free.pop(0)
                     cores, env = child_resources(slot, parallel, cpus, gpus)
                     overrides = {**base_overrides, **member.overrides}
                     command = child_command(config_argument, overrides, workdir / member.name, overwrite)
                     log = workdir / member.name / "sweep.log"
                     print(f"[sweep] {member.name}: started (log {log})", flush=True)
+                    env = {**env, **member.env}
                     running[slot] = _Child(entry, command, log, cores, env, echo=parallel <= 1, overwrite=overwrite)
+                    running[slot].member = member
                     entry.update(status="running", error=None, started=time.time(), attempts=entry["attempts"] + 1)
                     entry["pid"] = running[slot].process.pid  # which process trains it, while it runs
                     record.save()
@@ -434,6 +511,8 @@ def _run_processes(todo, record, workdir, config_argument, base_overrides, paral
                         if signals.count and status == "failed":  # stopped by us before its own handler was set
                             status = "interrupted"
                         _record(record, child.entry, status, error, child.started)
+                        if on_end is not None:
+                            on_end(child.member, child.entry)
                 time.sleep(0.1)
         finally:  # the sweep itself failed: its children are in their own sessions and would run on
             for child in running.values():
@@ -444,6 +523,15 @@ def _run_processes(todo, record, workdir, config_argument, base_overrides, paral
                 except subprocess.TimeoutExpired:
                     child.process.kill()
     return signals.count == 0
+
+
+def run_members(todo, record, workdir, config_argument, base_overrides, parallel, overwrite=False, on_end=None) -> bool:
+    """The local launcher for other drivers (labjax/search.py): members as launch.py children, `parallel` at a time.
+
+    `todo` yields (member, entry) as slots free; entries live in `record` (sweep.json); `on_end(member,
+    entry)` follows each end. False when a signal stopped it.
+    """
+    return _run_processes(todo, record, workdir, config_argument, base_overrides, parallel, overwrite, on_end)
 
 
 def _run_in_process(todo, record, workdir, overwrite) -> bool:
@@ -516,6 +604,7 @@ def run_sweep(
     report: bool = True,
     vectorize: bool = False,
     launcher=None,
+    seeds: int = 1,
 ) -> dict:
     """Runs (or resumes) every member of the sweep into workdir/<run name>/; returns sweep.json's content.
 
@@ -530,8 +619,8 @@ def run_sweep(
     if parallel < 0:
         raise config_lib.ConfigError(f"--parallel={parallel} is invalid: expected 0 (in this process) or N >= 1.")
     base_overrides = dict(base_overrides or {})
-    members = expand(config_argument, sweep_flags, base_overrides)
-    workdir = Path(workdir) if workdir else default_workdir(config_argument)
+    members = expand(config_argument, sweep_flags, base_overrides, seeds)
+    workdir = Path(workdir) if workdir else default_workdir(config_argument, sweep_flags)
     with workdir_lib.FolderLock(workdir, "sweep"):  # one sweep process per folder
         return _run_locked(
             config_argument,

@@ -482,6 +482,7 @@ def train_and_evaluate(
     *,
     overwrite: bool = False,
     stop_after_step: int | None = None,
+    epoch_hook=None,
 ) -> dict:
     """Trains (or resumes) the configured run in `workdir`; returns the final validation summary.
 
@@ -523,6 +524,7 @@ def _train_in(config, workdir: Path, data, info, overwrite: bool, stop_after_ste
         total_steps=total_steps,
         class_names=data.class_names,
         input_spec=InputSpec.from_data(data, config).to_dict(),  # predict needs no data set with it
+        epoch_hook=epoch_hook,  # a search trial's pruning (labjax/search.py)
     )
     state, done = record.restore(state)
     if done:

@@ -36,6 +36,7 @@ MARKER = ".labjax-run"  # written into every folder a run claims: --overwrite de
 LOCK = ".lock"  # held (fcntl) by the process training in the folder, or running the sweep
 # launch.py's exit statuses, which scripts and sweeps tell apart.
 EXIT_FAILED_MEMBERS, EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_INTERRUPTED = 1, 2, 3, 130
+EXIT_PRUNED = 4  # a search's pruner stopped the trial (labjax/search.py)
 
 
 def default_workdir(config_argument: str) -> Path:
@@ -46,7 +47,8 @@ def default_workdir(config_argument: str) -> Path:
 
 
 def write_status(workdir: Path, status: str, **fields) -> None:
-    """status.json (process 0 only): 'running', 'finished', 'interrupted', 'diverged', with facts and where()."""
+    """status.json (process 0 only): 'running', 'finished', 'interrupted', 'diverged', 'pruned', 'failed',
+    with facts and where()."""
     from labjax import checkpoints as ckpt  # Orbax loads only where a run writes
 
     if jax.process_index() == 0:
