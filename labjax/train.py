@@ -26,7 +26,7 @@ from labjax import checkpoints as ckpt
 from labjax import config as config_lib
 from labjax import evaluation, models, optim, parallel, profiling, tasks
 from labjax import workdir as workdir_lib
-from labjax.errors import ConfigError, TrainingDiverged, TrainingInterrupted  # noqa: F401 - callers catch train.X
+from labjax.errors import ConfigError, TrainingDiverged, TrainingInterrupted, TrainingPruned  # noqa: F401
 from labjax.run_record import RunRecord, StopRequests
 from labjax.weights import pretrained
 
@@ -500,10 +500,10 @@ def train_and_evaluate(
     # One process trains in a folder at a time; process 0 holds the lock for a multi-process run.
     lock = workdir_lib.FolderLock(workdir) if jax.process_index() == 0 else contextlib.nullcontext()
     with lock:
-        return _train_in(config, workdir, data, info, overwrite, stop_after_step)
+        return _train_in(config, workdir, data, info, overwrite, stop_after_step, epoch_hook)
 
 
-def _train_in(config, workdir: Path, data, info, overwrite: bool, stop_after_step: int | None) -> dict:
+def _train_in(config, workdir: Path, data, info, overwrite: bool, stop_after_step: int | None, epoch_hook) -> dict:
     """train_and_evaluate's run, with the data loaded and the workdir locked."""
     from labjax.data import pipeline
     from labjax.data.input_spec import InputSpec
@@ -542,7 +542,7 @@ def _train_in(config, workdir: Path, data, info, overwrite: bool, stop_after_ste
     loop = _Loop(config, data, mesh, _make_steps(config, data, model, mesh), record, stop_after_step)
     try:
         loop.run(state)
-    except (TrainingDiverged, TrainingInterrupted):
+    except (TrainingDiverged, TrainingInterrupted, TrainingPruned):
         record.close()  # waits for a checkpoint being written; the status says what happened
         raise
     except BaseException as error:
