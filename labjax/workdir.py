@@ -26,6 +26,7 @@ OWN_FILES = (
     "predict",
     "data",
     "metrics.jsonl",
+    "parameters.txt",
     "status.json",
     "config.json",
 )
