@@ -200,7 +200,7 @@ class RunRecord:
         """The final metrics for TensorBoard's HParams dashboard (the run's validation summary and speed)."""
         final = {f"val_{k}": v for k, v in self.summary.items()}
         final.update(train_time_s=self.train_time, steps_per_s=steps_per_s)
-        hparams.write_final(self.writer, config_lib.to_dict(self.config), self.step, final)
+        hparams.write_final(self.writer, self.step, final)
 
     def restore(self, state) -> tuple[Any, bool]:
         """Resumes from the latest checkpoint: (state, done), done when the run had already ended.

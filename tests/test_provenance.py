@@ -30,24 +30,31 @@ def read_events(logdir: Path):
     return accumulator
 
 
-def hparams_of(logdir: Path):
-    """(hyperparameters {name: value}, declared metric tags, declared hyperparameter names, {final tag: value})."""
+def hparams_of(logdir: Path) -> tuple[dict, dict]:
+    """A run's TensorBoard folder: (its hyperparameters {name: value}, its final metrics {tag: value})."""
     from tensorboard.plugins.hparams import metadata
     from tensorboard.util import tensor_util
 
     events = read_events(logdir)
     content = events.PluginTagToContent("hparams")
+    assert metadata.EXPERIMENT_TAG not in content  # a run declares no experiment: the dashboard infers it
     start = metadata.parse_session_start_info_plugin_data(content[metadata.SESSION_START_INFO_TAG])
     values = {name: getattr(value, value.WhichOneof("kind")) for name, value in start.hparams.items()}
-    experiment = metadata.parse_experiment_plugin_data(content[metadata.EXPERIMENT_TAG])
-    metrics = [info.name.tag for info in experiment.metric_infos]
-    names = [info.name for info in experiment.hparam_infos]
     finals = {
         tag: float(tensor_util.make_ndarray(events.Tensors(tag)[-1].tensor_proto))
         for tag in events.Tags()["tensors"]
         if tag.startswith(hparams.FINAL)
     }
-    return values, metrics, names, finals
+    assert set(finals) <= set(events.PluginTagToContent("scalars"))  # shown as scalars, so usable as metrics
+    return values, finals
+
+
+def declared_experiment(logdir: Path):
+    """The experiment declared in a TensorBoard folder (what the HParams dashboard lists)."""
+    from tensorboard.plugins.hparams import metadata
+
+    content = read_events(logdir).PluginTagToContent("hparams")
+    return metadata.parse_experiment_plugin_data(content[metadata.EXPERIMENT_TAG])
 
 
 def test_provenance_names_the_code_packages_devices_and_command():
@@ -80,21 +87,36 @@ def test_git_state_is_left_out_without_git_or_outside_a_clone(tmp_path, monkeypa
 
 
 @pytest.mark.slow
-def test_hparams_hold_every_config_scalar_and_declare_the_final_metrics(tmp_path):
+def test_hparams_hold_every_config_value_and_the_final_metrics(tmp_path):
     config = config_lib.to_dict(seg_mobilenet.get_config("smoke"))
     config["data"]["class_names"] = ["cat", "dog"]
     writer = writers.create_writer(tmp_path, is_main_process=True)
     hparams.write_start(writer, config)
-    tags = hparams.write_final(writer, config, 8, {"val_accuracy": 0.75, "val_loss": float("nan"), "val_miou": 0.5})
+    tags = hparams.write_final(writer, 8, {"val_accuracy": 0.75, "val_loss": float("nan"), "val_miou": 0.5})
     writer.close()
-    values, metrics, names, finals = hparams_of(tmp_path / "tensorboard")
+    values, finals = hparams_of(tmp_path / "tensorboard")
     flat = config_lib.flatten(config)
-    assert set(values) == set(names) == set(flat)
+    assert set(values) == set(flat)
     assert values["optimizer.learning_rate"] == pytest.approx(flat["optimizer.learning_rate"])
     assert values["model.name"] == flat["model.name"] and values["data.class_names"] == '["cat", "dog"]'
-    assert metrics == tags == ["final/val_accuracy", "final/val_miou"]  # NaN left out
+    assert tags == ["final/val_accuracy", "final/val_miou"]  # NaN left out
     assert finals == {"final/val_accuracy": 0.75, "final/val_miou": 0.5}
     assert not (tmp_path / "metrics.jsonl").exists()  # TensorBoard only
+
+
+def test_a_declared_experiment_lists_differing_hyperparameters_first_with_types_and_the_metrics(tmp_path):
+    from tensorboard.plugins.hparams import api_pb2
+
+    configs = [{"model": {"name": "unet"}, "lr": lr, "augment": True, "tags": [1, 2]} for lr in (0.1, 0.01)]
+    hparams.write_experiment(tmp_path, configs, ["final/val_miou", "final/val_loss"])
+    experiment = declared_experiment(tmp_path)
+    infos = {info.name: info for info in experiment.hparam_infos}
+    assert [info.name for info in experiment.hparam_infos][0] == "lr" and infos["lr"].differs
+    assert not infos["model.name"].differs and not infos["augment"].differs
+    assert infos["lr"].type == api_pb2.DATA_TYPE_FLOAT64 and infos["augment"].type == api_pb2.DATA_TYPE_BOOL
+    assert infos["model.name"].type == infos["tags"].type == api_pb2.DATA_TYPE_STRING
+    assert not any(info.HasField("domain_discrete") or info.HasField("domain_interval") for info in infos.values())
+    assert [metric.name.tag for metric in experiment.metric_infos] == ["final/val_miou", "final/val_loss"]
 
 
 @pytest.fixture(scope="module")
@@ -137,9 +159,30 @@ def test_the_parameter_table_goes_to_parameters_txt_and_tensorboard_not_the_log(
 @pytest.mark.slow
 def test_a_run_writes_its_config_and_final_metrics_for_the_hparams_dashboard(tiny_run):
     config, workdir, summary, _ = tiny_run
-    values, metrics, _, finals = hparams_of(workdir / "tensorboard")
+    values, finals = hparams_of(workdir / "tensorboard")
     assert values["optimizer.learning_rate"] == pytest.approx(0.003) and values["model.name"] == "small_cnn"
     assert values["num_epochs"] == 1 and values["task"] == "classification"
-    assert {"final/val_accuracy", "final/val_loss", "final/train_time_s", "final/steps_per_s"} <= set(metrics)
+    assert set(finals) == {"final/val_accuracy", "final/val_loss", "final/train_time_s", "final/steps_per_s"}
     assert finals["final/val_accuracy"] == pytest.approx(summary["accuracy"])
     assert finals["final/val_loss"] == pytest.approx(summary["loss"], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_the_report_of_a_sweep_declares_its_hyperparameters_and_final_metrics(tiny_run, tmp_path):
+    """Two runs (the tiny run and a copy with another learning rate): the report declares the experiment."""
+    from labjax import report
+
+    _, workdir, _, _ = tiny_run
+    for name, lr in (("a", 0.003), ("b", 0.01)):
+        shutil.copytree(workdir, tmp_path / name)
+        saved = json.loads((tmp_path / name / "config.json").read_text())
+        saved["optimizer"]["learning_rate"] = lr
+        (tmp_path / name / "config.json").write_text(json.dumps(saved))
+    report.write_report(tmp_path)
+    experiment = declared_experiment(tmp_path / "report_files" / "tensorboard")
+    names = [info.name for info in experiment.hparam_infos]
+    assert names[0] == "optimizer.learning_rate" and experiment.hparam_infos[0].differs
+    assert set(names) == set(config_lib.flatten(json.loads((workdir / "config.json").read_text())))
+    tags = [metric.name.tag for metric in experiment.metric_infos]
+    assert tags[0] == "final/val_accuracy"  # the metric that ranks the runs (checkpoint.best_metric)
+    assert set(tags) == {"final/val_accuracy", "final/val_loss", "final/train_time_s", "final/steps_per_s"}
