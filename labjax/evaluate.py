@@ -292,6 +292,7 @@ def write_outputs(session: Session, result: dict, name: str, samples=None) -> li
                 samples[:count],
                 session.data.num_classes,
                 out_dir / f"{stem}_samples.png",
+                class_names=names,
             )
         )
     return written

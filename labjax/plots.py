@@ -6,6 +6,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 
@@ -53,9 +54,26 @@ def plot_curves(rows: list[dict], out_dir: Path, earlier_rows: list[dict] | None
     return written
 
 
-def _colorize(mask: np.ndarray, num_classes: int) -> np.ndarray:
-    palette = plt.get_cmap("tab20" if num_classes > 10 else "tab10")(np.arange(num_classes) % 20)[:, :3]
+def literal(text) -> str:
+    """`text` as matplotlib shows it verbatim: a `$` in a class, run or file name starts no math-text."""
+    return str(text).replace("$", r"\$")
+
+
+def _palette(num_classes: int) -> np.ndarray:
+    """(num_classes, 3) RGB in [0, 1]: tab10, tab20, or tab20+tab20b+tab20c (60 distinct colours); class 0 black."""
+    if num_classes <= 10:
+        colors = plt.get_cmap("tab10")(np.arange(10))
+    elif num_classes <= 20:
+        colors = plt.get_cmap("tab20")(np.arange(20))
+    else:
+        colors = np.concatenate([plt.get_cmap(name)(np.arange(20)) for name in ("tab20", "tab20b", "tab20c")])
+    palette = colors[np.arange(num_classes) % len(colors), :3]
     palette[0] = 0.0  # background black
+    return palette
+
+
+def _colorize(mask: np.ndarray, num_classes: int) -> np.ndarray:
+    palette = _palette(num_classes)
     colored = palette[np.clip(mask, 0, num_classes - 1)]
     colored[(mask < 0) | (mask >= num_classes)] = 1.0  # ignored pixels white
     return colored
@@ -63,7 +81,46 @@ def _colorize(mask: np.ndarray, num_classes: int) -> np.ndarray:
 
 def class_colors(num_classes: int) -> np.ndarray:
     """uint8 (num_classes, 3) RGB: the colours the figures give the classes (class 0, background, black)."""
-    return np.round(_colorize(np.arange(num_classes), num_classes) * 255).astype(np.uint8)
+    return np.round(_palette(num_classes) * 255).astype(np.uint8)
+
+
+def present_classes(masks, num_classes: int, *, background: bool = True) -> list[int]:
+    """The class ids that occur in `masks` (ignored pixels aside), class 0 only with `background`."""
+    ids = np.unique(np.concatenate([np.asarray(m).ravel() for m in masks]))
+    return [int(i) for i in ids if (1 if not background else 0) <= i < num_classes]
+
+
+def add_class_legend(fig, classes: list[int], class_names: list[str], num_classes: int, ignored: bool = False):
+    """A legend under the figure: each class of `classes` in its colour (plus white 'ignored' pixels)."""
+    from matplotlib.patches import Patch
+
+    palette = _palette(num_classes)
+    names = [class_names[i] if i < len(class_names) else str(i) for i in classes]
+    handles = [Patch(facecolor=palette[i], edgecolor="gray", label=literal(n)) for i, n in zip(classes, names)]
+    if ignored:
+        handles.append(Patch(facecolor="white", edgecolor="gray", label="ignored"))
+    if not handles:
+        return None
+    width = fig.get_size_inches()[0]
+    columns = max(1, min(len(handles), int(width / 1.6)))
+    return fig.legend(
+        handles=handles,
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.0),
+        ncol=columns,
+        fontsize=7,
+        frameon=False,
+        title="classes present",
+        title_fontsize=8,
+    )
+
+
+def _save(fig, path: Path) -> Path:
+    """Writes the PNG (the legend under the axes included) and frees the figure."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90, bbox_inches="tight" if fig.legends else None)
+    plt.close(fig)
+    return path
 
 
 def plot_contact_sheet(images: list[np.ndarray], titles: list[str], path: Path, columns: int = 8) -> Path:
@@ -75,7 +132,7 @@ def plot_contact_sheet(images: list[np.ndarray], titles: list[str], path: Path, 
         ax.axis("off")
     for ax, image, title in zip(axes.ravel(), images, titles):
         ax.imshow(image.squeeze(), cmap="gray" if image.shape[-1] == 1 else None, vmin=0, vmax=255)
-        ax.set_title(title, fontsize=7)
+        ax.set_title(literal(title), fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
@@ -90,35 +147,42 @@ def _displayable(image: np.ndarray) -> np.ndarray:
     return (image - low) / max(high - low, 1e-6)
 
 
-def plot_sample_grid(
-    images: np.ndarray, labels: np.ndarray, class_names: list[str], path: Path, columns: int = 8
-) -> Path:
-    """A grid of input images titled with their class, or with their mask overlaid (segmentation)."""
+def sample_grid_figure(images: np.ndarray, labels: np.ndarray, class_names: list[str], columns: int = 8):
+    """The figure of plot_sample_grid: titled images, or masks overlaid with a legend of the classes present."""
     n = len(images)
     rows = -(-n // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.8 * rows), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
+    segmentation = n > 0 and np.ndim(labels[0]) > 0
     for ax, image, label in zip(axes.ravel(), images, labels):
         shown = _displayable(image)
         ax.imshow(shown.squeeze(), cmap="gray" if shown.shape[-1] == 1 else None)
-        if np.ndim(label) == 0:
-            ax.set_title(class_names[int(label)] if 0 <= label < len(class_names) else str(label), fontsize=7)
+        if not segmentation:
+            name = class_names[int(label)] if 0 <= label < len(class_names) else str(label)
+            ax.set_title(literal(name), fontsize=7)
         else:
             overlay = _colorize(np.asarray(label), len(class_names))
             alpha = np.where(np.asarray(label) > 0, 0.45, 0.0)  # background and ignored pixels left clear
             ax.imshow(np.concatenate([overlay, alpha[..., None]], -1))
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    if segmentation:  # background (class 0) and ignored pixels are not overlaid: not in the legend
+        classes = present_classes(labels, len(class_names), background=False)
+        add_class_legend(fig, classes, class_names, len(class_names))
+    return fig
 
 
-def plot_segmentation_samples(
-    images: np.ndarray, labels: np.ndarray, predictions: np.ndarray, num_classes: int, path: Path
+def plot_sample_grid(
+    images: np.ndarray, labels: np.ndarray, class_names: list[str], path: Path, columns: int = 8
 ) -> Path:
-    """A grid: one row per example with image, true mask and predicted mask."""
+    """A grid of input images titled with their class, or with their mask overlaid (segmentation) and a legend."""
+    return _save(sample_grid_figure(images, labels, class_names, columns), path)
+
+
+def segmentation_samples_figure(
+    images: np.ndarray, labels: np.ndarray, predictions: np.ndarray, num_classes: int, class_names=None
+):
+    """The figure of plot_segmentation_samples, with a legend of the classes in the true and predicted masks."""
     n = len(images)
     fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.5 * n), squeeze=False)
     for i in range(n):
@@ -128,10 +192,17 @@ def plot_segmentation_samples(
             ax.set_title(title, fontsize=9)
             ax.axis("off")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    masks = [np.asarray(labels), np.asarray(predictions)]
+    ignored = bool(np.any((masks[0] < 0) | (masks[0] >= num_classes)))
+    add_class_legend(fig, present_classes(masks, num_classes), list(class_names or []), num_classes, ignored)
+    return fig
+
+
+def plot_segmentation_samples(
+    images: np.ndarray, labels: np.ndarray, predictions: np.ndarray, num_classes: int, path: Path, class_names=None
+) -> Path:
+    """A grid: one row per example with image, true mask and predicted mask; a legend names the colours."""
+    return _save(segmentation_samples_figure(images, labels, predictions, num_classes, class_names), path)
 
 
 def plot_confusion_matrix(matrix, class_names: list[str], path: Path) -> Path:
@@ -147,8 +218,8 @@ def plot_confusion_matrix(matrix, class_names: list[str], path: Path) -> Path:
         image = ax.imshow(values, cmap="Blues", vmin=0)
         fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
         ax.set(title=title, xlabel="predicted", ylabel="true", xticks=range(n), yticks=range(n))
-        ax.set_xticklabels(names, rotation=90, fontsize=8)
-        ax.set_yticklabels(names, fontsize=8)
+        ax.set_xticklabels([literal(name) for name in names], rotation=90, fontsize=8)
+        ax.set_yticklabels([literal(name) for name in names], fontsize=8)
         if n <= 15:  # numbers stay readable
             high = values.max() if values.size else 0
             for (i, j), value in np.ndenumerate(values):
@@ -176,13 +247,13 @@ def plot_overlaid_curves(series: list[tuple[str, str, list[dict]]], metrics: lis
             points = [(row["epoch"], row[metric]) for row in rows if isinstance(row.get(metric), float)]
             if not points:
                 continue
-            label = None if group in labelled else group
+            label = None if group in labelled else literal(group)
             labelled.add(group)
             ax.plot(*zip(*points), marker="o", ms=2, alpha=0.8, color=colors[groups.index(group)], label=label)
-        ax.set(xlabel="epoch", ylabel=metric, title=f"{metric} by {title}")
+        ax.set(xlabel="epoch", ylabel=metric, title=literal(f"{metric} by {title}"))
         ax.grid(alpha=0.3)
         if labelled:
-            ax.legend(fontsize=8, title=title, title_fontsize=8)
+            ax.legend(fontsize=8, title=literal(title), title_fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
@@ -190,22 +261,84 @@ def plot_overlaid_curves(series: list[tuple[str, str, list[dict]]], metrics: lis
     return path
 
 
-def plot_bars(names: list[str], quantities: dict[str, list], path: Path) -> Path:
-    """One bar panel per quantity (memory, parameters, time, accuracy...) with a bar per run; None left blank."""
-    fig, axes = plt.subplots(1, len(quantities), figsize=(max(4, 0.45 * len(names) + 2) * len(quantities), 4.5))
-    axes = np.atleast_1d(axes)
-    for ax, (quantity, values) in zip(axes, quantities.items()):
-        heights = [np.nan if value is None else float(value) for value in values]
-        ax.bar(range(len(names)), heights, color="tab:blue")
-        ax.set_xticks(range(len(names)))
-        ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
-        ax.set_title(quantity)
-        ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+def short_label(name: str, width: int = 40) -> str:
+    """`name` shortened to at most `width` characters for a label.
+
+    A sweep member's `key=value,key=value` name keeps each key's last part (`lr=0.1,dropout=0.5`
+    for `optimizer.lr=0.1,model.dropout=0.5`); what is still too long is cut in the middle.
+    """
+    parts = name.split(",")
+    if len(name) > width and all("=" in part for part in parts):
+        name = ",".join(part.split("=", 1)[0].rsplit(".", 1)[-1] + "=" + part.split("=", 1)[1] for part in parts)
+    if len(name) <= width:
+        return name
+    keep = width - 1
+    return name[: keep - keep // 2] + "\u2026" + name[len(name) - keep // 2 :]
+
+
+def bar_labels(names: list[str], width: int = 40) -> list[str]:
+    """Readable bar labels: the names shortened (sweep members' `key=value` parts that all share left
+    out, then short_label); numbered when shortening made two alike."""
+    split = [name.split(",") for name in names]
+    if len(names) > 1 and any(len(name) > width for name in names) and all("=" in p for ps in split for p in ps):
+        common = set.intersection(*(set(parts) for parts in split))
+        names = [",".join(p for p in parts if p not in common) or ",".join(parts) for parts in split]
+    labels = [short_label(name, width) for name in names]
+    if len(set(labels)) < len(labels):
+        labels = [f"{i + 1}. {label}" for i, label in enumerate(labels)]
+    return labels
+
+
+def _bar_value(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}" if abs(value) >= 1 else f"{value:.4f}"
+
+
+def plot_bars(names: list[str], quantities: dict[str, list], path: Path, best: dict[str, str] | None = None) -> Path:
+    """One horizontal bar panel per quantity (memory, parameters, time, accuracy...) with a bar per run.
+
+    Runs read down the left in their order, named once (long names cut in the middle); each bar
+    carries its value; None is left blank. `best` maps a quantity to "max" or "min": its best
+    run's bar is drawn in orange.
+    """
+    best = best or {}
+    labels = bar_labels(names)
+    height = max(2.2, 0.3 * len(names) + 1.0)
+    label_width = min(0.075 * max(len(label) for label in labels) + 0.3, 3.6)
+    panel_width = 3.2
+    fig, axes = plt.subplots(
+        1,
+        len(quantities),
+        figsize=(label_width + panel_width * len(quantities), height),
+        sharey=True,
+        squeeze=False,
+        layout="constrained",  # room for the run names on the left
+    )
+    positions = np.arange(len(names))
+    for ax, (quantity, values) in zip(axes[0], quantities.items()):
+        heights = np.array([np.nan if value is None else float(value) for value in values])
+        colors = ["tab:blue"] * len(names)
+        if quantity in best and np.isfinite(heights).any():
+            pick = np.nanargmax if best[quantity] == "max" else np.nanargmin
+            colors[int(pick(heights))] = "tab:orange"
+        ax.barh(positions, np.nan_to_num(heights), color=colors, height=0.7)
+        top = np.nanmax(np.abs(heights)) if np.isfinite(heights).any() else 1.0
+        for y, value in zip(positions, heights):
+            if np.isfinite(value):
+                ax.text(value + 0.01 * top, y, _bar_value(value), va="center", fontsize=7.5)
+        ax.set_xlim(0, 1.25 * top if top > 0 else 1.0)
+        title = literal(quantity) + (
+            "" if quantity not in best else f" ({'higher' if best[quantity] == 'max' else 'lower'} is better)"
+        )
+        ax.set_title(title, fontsize=10)
+        ax.tick_params(axis="x", labelsize=8)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(4))
+        if top >= 1000:
+            ax.xaxis.set_major_formatter(matplotlib.ticker.EngFormatter(sep=""))  # 150k, 2M
+        ax.grid(axis="x", alpha=0.3)
+    axes[0][0].set_yticks(positions)
+    axes[0][0].set_yticklabels([literal(label) for label in labels], fontsize=8.5)
+    axes[0][0].invert_yaxis()  # the first run on top, as in the runs table
+    return _save(fig, path)
 
 
 def plot_band_curves(settings: list[tuple[str, list[list[dict]]]], metrics: list[str], path: Path) -> Path:

@@ -14,19 +14,22 @@ import dataclasses
 import html
 import json
 import re
+import shlex
 import shutil
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from labjax import config as config_lib
-from labjax import metrics, plots, tasks, writers
+from labjax import hparams, metrics, plots, tasks, writers
 from labjax.errors import MissingFileError
 
 FILES = "report_files"  # PNGs and CSVs beside report.html / report.md
 RUN_FILES = ("metrics.jsonl", "status.json", "config.json")
 BINARY_METRICS = tuple(tasks.REPORT_BINARY_COLUMNS)  # the binary table's columns
+LOWER_IS_BETTER = ("loss", "FPR", "FNR", "fpr", "fnr")  # column names ending so are better low
 
 
 @dataclasses.dataclass
@@ -271,6 +274,23 @@ class Table:
     rows: list[dict]
     csv: str | None = None  # file name under report_files
     raw: tuple = ()  # columns shown as they are (override values), not as metrics
+    best: dict = dataclasses.field(default_factory=dict)  # column -> "max"/"min": its best cells are marked
+
+    def best_cells(self) -> set[tuple[int, str]]:
+        """(row index, column) of each marked column's best value (ties all marked) where the values differ."""
+        cells = set()
+        for column, mode in self.best.items():
+            scored = [(i, row.get(column)) for i, row in enumerate(self.rows) if _number(row.get(column)) is not None]
+            if len({value for _, value in scored}) > 1:  # a column of one value has no winner
+                top = (max if mode == "max" else min)(value for _, value in scored)
+                cells |= {(i, column) for i, value in scored if value == top}
+        return cells
+
+
+def direction(column: str) -> str:
+    """'min' for a loss or an error rate (also as 'X mean' or 'best X'), else 'max'."""
+    name = column.removesuffix(" mean").removeprefix("best ")
+    return "min" if name.endswith(LOWER_IS_BETTER) else "max"
 
 
 @dataclasses.dataclass
@@ -308,6 +328,8 @@ def _run_section(index: int, run: Run, facts: dict, keys: list[str], files: Path
             values = binary_metrics(matrix)
             title = f"binary metrics (positive class: {names[1]}), {where}"
             section.tables.append(Table(title, list(BINARY_METRICS), [values]))
+    if run.status.get("provenance"):
+        section.tables.append(provenance_table(run.status["provenance"]))
     if run.samples:
         path = files / slug / "samples.png"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -316,8 +338,65 @@ def _run_section(index: int, run: Run, facts: dict, keys: list[str], files: Path
     return section
 
 
-def build(workdir: Path) -> tuple[list[Table], list[tuple[str, Path]], list[Section], dict]:
-    """Tables, across-runs figures and per-run sections of the report; writes the PNGs and CSVs."""
+def provenance_table(facts: dict) -> Table:
+    """What produced the run (status.json's provenance): code, packages, devices, command."""
+    rows = [{"what": "labjax", "value": facts.get("labjax")}]
+    if facts.get("git"):
+        git = facts["git"]
+        rows.append({"what": "git commit", "value": git["commit"] + (" (uncommitted changes)" if git["dirty"] else "")})
+    packages = facts.get("packages") or {}
+    rows.append({"what": "packages", "value": ", ".join(f"{k} {v or '-'}" for k, v in packages.items())})
+    devices = facts.get("devices") or {}
+    if devices:
+        processes = devices.get("processes", 1)
+        where = f"{devices.get('count')} x {devices.get('kind')} ({devices.get('platform')})"
+        rows.append({"what": "devices", "value": where + (f", {processes} processes" if processes > 1 else "")})
+    rows.append({"what": "Python", "value": facts.get("python")})
+    rows.append({"what": "command", "value": shlex.join(facts.get("command") or [])})
+    return Table("provenance", ["what", "value"], [row for row in rows if row["value"]], raw=("value",))
+
+
+def summary_line(runs: list[Run], facts: list[dict], metric: str | None, mode: str | None) -> str:
+    """One sentence on top of the report: how the runs ended, which won on `metric`, the training time."""
+    counts = Counter(fact["status"] for fact in facts)
+    if len(runs) == 1:
+        parts = [f"1 run, {facts[0]['status']}"]
+    else:
+        parts = [f"{len(runs)} runs: " + ", ".join(f"{n} {status}" for status, n in counts.most_common())]
+    scored = [(f["best"], run.name, f["best epoch"]) for run, f in zip(runs, facts) if f["best"] is not None]
+    if metric and mode and scored:
+        value, name, epoch = (max if mode == "max" else min)(scored, key=lambda item: item[0])
+        by = "" if len(runs) == 1 else f" by {name}"
+        parts.append(f"best {metric} {_format(metric, value)}{by}" + ("" if epoch is None else f" (epoch {epoch:g})"))
+    times = [f["train time (s)"] for f in facts if f["train time (s)"] is not None]
+    if times:
+        parts.append(f"training time {_duration(sum(times))}" + (" in all" if len(times) > 1 else ""))
+    return "; ".join(parts) + "."
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+
+
+def declare_hparams(runs: list[Run], logdir: Path, metric: str | None) -> Path:
+    """The runs' experiment for TensorBoard's HParams dashboard (labjax.hparams): their config keys, those
+    that differ first, and their final metrics, the ranking one first."""
+    finals = list(dict.fromkeys(key for run in runs for key in run.status.get("final", {})))
+    finals.sort(key=lambda key: key != metric)
+    tags = [hparams.FINAL + key for key in [*finals, "train_time_s", "steps_per_s"]]
+    return hparams.write_experiment(logdir, [run.config for run in runs if run.config], tags)
+
+
+def _selection(facts: list[dict], runs: list[Run]) -> tuple[str | None, str | None]:
+    """The metric that ranks the runs and its mode, when all runs share them (else None, None)."""
+    chosen = {(fact["metric"], best_metric(run)[1]) for run, fact in zip(runs, facts) if fact["metric"]}
+    return next(iter(chosen)) if len(chosen) == 1 else (None, None)
+
+
+def build(workdir: Path) -> tuple[list[Table], list[tuple[str, Path]], list[Section], dict, str]:
+    """Tables, across-runs figures, per-run sections and the summary line; writes the PNGs and CSVs."""
     runs, sweep = collect_runs(workdir)
     if not runs:
         raise MissingFileError(
@@ -341,12 +420,18 @@ def build(workdir: Path) -> tuple[list[Table], list[tuple[str, Path]], list[Sect
         error = (fact["error"] or "").strip().splitlines()
         rows.append({"run": run.name, **{k: _value(run, k) for k in keys}, **fact, best_column: fact["best"]})
         rows[-1]["error"] = error[0] if error else None
-    tables = [Table("runs", columns, rows, "runs.csv", tuple(keys))]
+    metric, mode = _selection(facts, runs)
+    if len(runs) > 1:
+        declare_hparams(runs, files / "tensorboard", metric)
+    marked = {best_column: mode} if mode else {}
+    tables = [Table("runs", columns, rows, "runs.csv", tuple(keys), {**marked, **{f: direction(f) for f in finals}})]
 
     for repeat, (_, title, csv_name) in REPEATS.items():
         groups = repeat_groups(runs, facts, keys, repeat)
         if groups:
-            tables.append(Table(title, list(groups[0]), groups, csv_name, tuple(keys)))
+            group_columns = list(groups[0])
+            means = {c: mode if c == "best mean" else direction(c) for c in group_columns if c.endswith(" mean")}
+            tables.append(Table(title, group_columns, groups, csv_name, tuple(keys), means if mode else {}))
     search = _read_json(workdir / "search.json")
     if search:
         tables[0].title = "trials"
@@ -358,18 +443,26 @@ def build(workdir: Path) -> tuple[list[Table], list[tuple[str, Path]], list[Sect
             binaries.append({"run": run.name, **binary_metrics(matrix)})
     if len(runs) > 1 and binaries:
         tables.append(
-            Table("binary metrics (class 1 positive)", ["run", *BINARY_METRICS], binaries, "binary_metrics.csv")
+            Table(
+                "binary metrics (class 1 positive)",
+                ["run", *BINARY_METRICS],
+                binaries,
+                "binary_metrics.csv",
+                best={column: direction(column) for column in BINARY_METRICS},
+            )
         )
     for table in tables:
         if table.csv:
             _write_csv(files / table.csv, table.columns, table.rows)
 
-    figures = _figures(runs, facts, keys, metrics, best_column, search, files)
+    figures = _figures(runs, facts, keys, metrics, best_column, search, files, marked)
     sections = [_run_section(i, run, fact, keys, files) for i, (run, fact) in enumerate(zip(runs, facts))]
-    return tables, figures, sections, sweep
+    return tables, figures, sections, sweep, summary_line(runs, facts, metric, mode)
 
 
-def _figures(runs, facts, keys, metrics, best_column, search: dict, files: Path) -> list[tuple[str, Path]]:
+def _figures(
+    runs, facts, keys, metrics, best_column, search: dict, files: Path, marked: dict
+) -> list[tuple[str, Path]]:
     """The across-runs figures: comparison bars, curves per setting over seeds or by each key, a search's."""
     figures = []
     if search.get("trials"):
@@ -384,7 +477,8 @@ def _figures(runs, facts, keys, metrics, best_column, search: dict, files: Path)
     quantities.update({key: [f[key] for f in facts] for key in ("train time (s)", "params", "peak memory (MB)")})
     quantities = {name: values for name, values in quantities.items() if any(v is not None for v in values)}
     if quantities:
-        figures.append(("comparison", plots.plot_bars([r.name for r in runs], quantities, files / "comparison.png")))
+        path = plots.plot_bars([r.name for r in runs], quantities, files / "comparison.png", marked)
+        figures.append(("comparison (the best run in orange)" if marked else "comparison", path))
     curve_metrics = ["val_loss", *sorted(m for m in metrics if m != "val_loss")]
     if "seed" in keys:
         settings = _settings(runs, [k for k in keys if k != "seed"])
@@ -430,11 +524,11 @@ def write_report(workdir: str | Path) -> Path:
     workdir = Path(workdir)
     if not workdir.is_dir():
         raise MissingFileError(f"--workdir={workdir}: no such folder; give a run or sweep folder.")
-    tables, figures, sections, sweep = build(workdir)
+    tables, figures, sections, sweep, summary = build(workdir)
     title = f"labjax report: {workdir.resolve().name}"
-    (workdir / "report.md").write_text(_markdown(title, workdir, tables, figures, sections, sweep))
+    (workdir / "report.md").write_text(_markdown(title, workdir, tables, figures, sections, sweep, summary))
     path = workdir / "report.html"
-    path.write_text(_html(title, tables, figures, sections, sweep))
+    path.write_text(_html(title, tables, figures, sections, sweep, summary))
     print(f"Report: {path} ({len(sections)} run(s)); {workdir / 'report.md'}.", flush=True)
     return path
 
@@ -452,13 +546,18 @@ def _md(text) -> str:
 
 def _md_table(table: Table) -> list[str]:
     lines = ["| " + " | ".join(_md(c) for c in table.columns) + " |", "|" + "---|" * len(table.columns)]
-    for row in table.rows:
-        lines.append("| " + " | ".join(_md(_format(c, row.get(c), table.raw)) for c in table.columns) + " |")
+    best = table.best_cells()
+    for i, row in enumerate(table.rows):
+        cells = [_md(_format(c, row.get(c), table.raw)) for c in table.columns]
+        cells = [f"**{cell}**" if (i, c) in best else cell for cell, c in zip(cells, table.columns)]
+        lines.append("| " + " | ".join(cells) + " |")
+    if best:
+        lines += ["", "Bold: the best value of its column."]
     return lines
 
 
-def _markdown(title, workdir: Path, tables, figures, sections, sweep) -> str:
-    lines = [f"# {_md(title)}", "", f"Written {time.strftime('%Y-%m-%d %H:%M')}."]
+def _markdown(title, workdir: Path, tables, figures, sections, sweep, summary="") -> str:
+    lines = [f"# {_md(title)}", "", f"**{_md(summary)}**", "", f"Written {time.strftime('%Y-%m-%d %H:%M')}."]
     if sweep:
         lines.append(f"Sweep of {_md(sweep.get('config'))}; overrides: {_md(_overrides_text(sweep))}.")
     for table in tables:
@@ -496,6 +595,16 @@ figcaption { font-size: 0.8em; color: #555; }
 .finished { color: #1a7f37; } .diverged, .failed { color: #c62828; } .interrupted, .pending { color: #b26a00; }
 .pruned { color: #6a1b9a; }
 pre { background: #f7f7f7; padding: 0.5em; overflow-x: auto; }
+.summary { font-size: 1.1em; background: #f3f7fb; border-left: 4px solid #1f77b4; padding: 0.5em 0.8em; }
+.scroll { overflow: auto; width: fit-content; max-width: 100%; max-height: 75vh; margin: 0.5em 0 0.3em; }
+.scroll table { margin: 0; }
+.scroll thead th { position: sticky; top: 0; z-index: 1; }
+.scroll td:first-child { position: sticky; left: 0; background: #fff; }
+.scroll th:first-child { left: 0; z-index: 2; }
+td:first-child { min-width: 10em; max-width: 24em; overflow-wrap: break-word; }
+td.text { text-align: left; }
+td.best { font-weight: bold; background: #e6f4ea; white-space: nowrap; }
+.note { font-size: 0.8em; color: #555; margin-top: 0; }
 """
 
 # Sorts a table by the clicked column: numbers as numbers, blanks last, again to reverse.
@@ -525,17 +634,27 @@ def _e(text) -> str:
 
 
 def _html_table(table: Table, sortable: bool) -> str:
+    """The table in a box that scrolls (its header and first column stay); the best cells marked."""
     head = "".join(f"<th>{_e(c)}</th>" for c in table.columns)
+    best = table.best_cells()
     body = []
-    for row in table.rows:
+    for i, row in enumerate(table.rows):
         cells = []
         for c in table.columns:
             value = row.get(c)
             sort = "" if value is None else repr(float(value)) if _number(value) is not None else str(value)
-            cells.append(f'<td data-sort="{_e(sort)}">{_e(_format(c, value, table.raw))}</td>')
+            text = _e(_format(c, value, table.raw))
+            if c == "run":  # a sweep member's name may break after its commas
+                text = text.replace(",", ",<wbr>")
+            mark = ' class="best" title="best of this column"' if (i, c) in best else ""
+            if c in table.raw and isinstance(value, str) and not mark:
+                mark = ' class="text"'  # words read from the left
+            cells.append(f'<td data-sort="{_e(sort)}"{mark}>{text}{" &#9733;" if "best" in mark else ""}</td>')
         body.append("<tr>" + "".join(cells) + "</tr>")
     css = ' class="sortable"' if sortable else ""
-    return f"<table{css}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    note = '<p class="note">&#9733; the best value of its column.</p>' if best else ""
+    table_html = f"<table{css}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return f'<div class="scroll">{table_html}</div>{note}'
 
 
 def _figure(caption: str, path: Path) -> str:
@@ -549,8 +668,9 @@ def _figure(caption: str, path: Path) -> str:
     )
 
 
-def _html(title, tables, figures, sections, sweep) -> str:
-    parts = [f"<h1>{_e(title)}</h1>", f"<p>Written {_e(time.strftime('%Y-%m-%d %H:%M'))}.</p>"]
+def _html(title, tables, figures, sections, sweep, summary="") -> str:
+    parts = [f"<h1>{_e(title)}</h1>", f'<p class="summary">{_e(summary)}</p>']
+    parts.append(f'<p class="note">Written {_e(time.strftime("%Y-%m-%d %H:%M"))}.</p>')
     if sweep:
         overrides = _overrides_text(sweep)
         parts.append(

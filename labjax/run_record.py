@@ -20,7 +20,7 @@ import numpy as np
 
 from labjax import checkpoints as ckpt
 from labjax import config as config_lib
-from labjax import optim, plots
+from labjax import hparams, optim, plots, provenance
 from labjax import workdir as workdir_lib
 from labjax.errors import ConfigError, TrainingPruned
 
@@ -175,6 +175,7 @@ class RunRecord:
         self.earlier_rows = init_from_rows(config.model.init_from)
         self.checkpoints = ckpt.Checkpoints(self.workdir, checkpoint_config(config))
         self.writer = writers.create_writer(self.workdir, jax.process_index() == 0)
+        hparams.write_start(self.writer, config_lib.to_dict(config))  # TensorBoard's HParams dashboard
         self.step, self.train_time, self.stopped_early = 0, 0.0, False
         self.summary, self.computed = None, None  # the latest validation summary and computed metrics
         self.pending_epoch = None  # an epoch's train scalars when a stop came before its end was recorded
@@ -187,7 +188,23 @@ class RunRecord:
         return -(-self.total_steps // self.steps_per_epoch)
 
     def write_status(self, status: str, **fields) -> None:
-        workdir_lib.write_status(self.workdir, status, **fields)
+        workdir_lib.write_status(self.workdir, status, provenance=provenance.collect(), **fields)
+
+    def write_parameter_table(self, table: str) -> Path:
+        """WORKDIR/parameters.txt and TensorBoard's text tab get clu's parameter overview (not the log)."""
+        path = self.workdir / "parameters.txt"
+        if jax.process_index() == 0:
+            path.write_text(table + "\n")
+            indented = "\n".join("    " + line for line in table.splitlines())  # Markdown: monospace
+            self.writer.write_texts(self.step, {"parameters": indented})
+            self.writer.flush()
+        return path
+
+    def write_final_hparams(self, steps_per_s: float) -> None:
+        """The final metrics for TensorBoard's HParams dashboard (the run's validation summary and speed)."""
+        final = {f"val_{k}": v for k, v in self.summary.items()}
+        final.update(train_time_s=self.train_time, steps_per_s=steps_per_s)
+        hparams.write_final(self.writer, self.step, final)
 
     def restore(self, state) -> tuple[Any, bool]:
         """Resumes from the newest intact checkpoint: (state, done), done when the run had already ended.
@@ -334,6 +351,7 @@ class RunRecord:
     def finish(self, steps_per_s: float, **facts) -> None:
         """status.json 'finished' with the run's final metrics, times and `facts` (parameter counts, ...)."""
         best = self.checkpoints.best_step()
+        self.write_final_hparams(steps_per_s)
         self.close()
         stopping = {}
         if self.stopper:

@@ -531,11 +531,12 @@ def _train_in(config, workdir: Path, data, info, overwrite: bool, stop_after_ste
         record.close()
         return workdir_lib.final_summary(workdir, mark_finished=True)
     num_params, trainable = count_params(state.params, frozen)
-    print(parameter_overview.get_parameter_overview(state.params), flush=True)
+    table = record.write_parameter_table(parameter_overview.get_parameter_overview(state.params))
     print(
         f"{config.model.name}: {num_params:,} parameters ({trainable:,} trainable); {data.num_train()} train / "
         f"{len(data.splits['validation'])} validation examples of {data.num_classes} classes, input "
-        f"{'x'.join(map(str, data.input_shape))}; {steps_per_epoch} steps/epoch on {jax.device_count()} device(s).",
+        f"{'x'.join(map(str, data.input_shape))}; {steps_per_epoch} steps/epoch on {jax.device_count()} device(s); "
+        f"parameter table in {table}.",
         flush=True,
     )
     record.write_status("running", step=record.step)

@@ -29,6 +29,7 @@ OWN_FILES = (
     "predict",
     "data",
     "metrics.jsonl",
+    "parameters.txt",
     "status.json",
     "config.json",
 )

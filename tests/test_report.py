@@ -99,7 +99,7 @@ def test_folder_of_runs_gives_one_table_with_differing_overrides_best_and_final_
     assert rows[3]["error"] == "loss nan at step 4"
 
     markdown = (tmp_path / "report.md").read_text()
-    assert "| lr_0.01 | 0.01 | finished | 0.8000 | 3 |" in markdown
+    assert "| lr_0.01 | 0.01 | finished | **0.8000** | 3 |" in markdown  # the best run, bold
     assert "![validation curves by optimizer.learning_rate](report_files/by_00_optimizer.learning_rate.png)" in markdown
     page = (tmp_path / "report.html").read_text()
     assert page.count("<tr>") == 5 and page.count("<details>") == 4
@@ -161,10 +161,15 @@ def test_k_fold_members_are_grouped_with_mean_and_std_per_setting(tmp_path):
 
 
 def test_names_from_users_and_data_are_escaped(tmp_path):
+    """In HTML and Markdown, and in the figures: a `$` in a run, class or override value is text, not math."""
     run = tmp_path / EVIL.replace("/", "_")
     make_run(run, {"data.class_names": EVIL}, [0.5, 0.6], confusion=([[4, 1], [2, 3]], [EVIL, "<b>bold</b>"]))
     make_run(tmp_path / "plain", {}, [0.5, 0.7])
+    math = r"cost $\notacommand$"  # matplotlib's math-text cannot draw it: unescaped, the report fails
+    make_run(tmp_path / math, {"data.class_names": math}, [0.4, 0.5], confusion=([[4, 1], [2, 3]], [math, "b"]))
     report.write_report(tmp_path)
+    assert (tmp_path / "report_files" / "comparison.png").stat().st_size > 1000
+    assert len(list((tmp_path / "report_files").glob("by_*.png"))) == 1  # curves by data.class_names
     page = (tmp_path / "report.html").read_text()
     assert page.count("<script>") == 1  # the report's own sorting script
     assert "&lt;script&gt;alert(1)&lt;" in page and "<b>bold</b>" not in page
