@@ -527,10 +527,9 @@ def _train_in(config, workdir: Path, data, info, overwrite: bool, stop_after_ste
         epoch_hook=epoch_hook,  # a search trial's pruning (labjax/search.py)
     )
     state, done = record.restore(state)
-    if done:
-        record.close()
-        return workdir_lib.final_summary(workdir, mark_finished=True)
     num_params, trainable = count_params(state.params, frozen)
+    if done:
+        return _record_end(record, state, data, model, mesh, num_params=num_params, trainable_params=trainable)
     table = record.write_parameter_table(parameter_overview.get_parameter_overview(state.params))
     print(
         f"{config.model.name}: {num_params:,} parameters ({trainable:,} trainable); {data.num_train()} train / "
@@ -552,6 +551,22 @@ def _train_in(config, workdir: Path, data, info, overwrite: bool, stop_after_ste
         raise
     record.finish(loop.steps_per_s(), num_params=num_params, trainable_params=trainable)
     print(f"Finished in {_format_time(record.train_time)} of training; workdir {workdir}.", flush=True)
+    return dict(record.summary)
+
+
+def _record_end(record: RunRecord, state: TrainState, data, model, mesh, **facts) -> dict:
+    """The summary of a run that had already ended. A kill after its last checkpoint but before its
+    'finished' status left no final metrics: they are computed again from that checkpoint."""
+    status = workdir_lib.read_status(record.workdir)
+    if status.get("status") == "finished" and "final" in status:
+        record.close()
+        return workdir_lib.final_summary(record.workdir)
+    eval_step = evaluation.make_eval_step(mesh, model, data.num_classes)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    record.summary, record.computed, _ = evaluation.evaluate_split(
+        eval_step, variables, data, "validation", record.config, mesh
+    )
+    record.finish(status.get("steps_per_s"), **facts)
     return dict(record.summary)
 
 

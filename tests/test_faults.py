@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from configs import fashion3_cnn
@@ -96,6 +95,21 @@ def test_a_second_sweep_on_a_live_sweep_folder_is_refused(held):
     with pytest.raises(config_lib.ConfigError, match=rf"pid {pid}"):
         sweep.run_sweep("configs/fashion3_cnn.py:smoke", folder, ["seed=0,1"], parallel=0)
     assert not (folder / "sweep.json").exists()
+
+
+def test_a_member_process_that_has_not_locked_its_folder_yet_counts_as_training(tmp_path):
+    """sweep.json's pid of a 'running' member: alive and running that member's command -> still training."""
+    member = tmp_path / "sweep" / "seed=0"
+    command = [sys.executable, "-c", "import time; time.sleep(60)", f"--workdir={member}"]
+    process = subprocess.Popen(command)
+    try:
+        assert sweep._still_training({"status": "running", "pid": process.pid}, member)
+        assert not sweep._still_training({"status": "running", "pid": process.pid}, tmp_path / "sweep" / "seed=1")
+        assert not sweep._still_training({"status": "finished", "pid": process.pid}, member)
+    finally:
+        process.kill()
+        process.wait()
+    assert not sweep._still_training({"status": "running", "pid": process.pid}, member)
 
 
 @pytest.mark.slow
@@ -285,11 +299,11 @@ def test_a_run_killed_at_random_moments_ends_as_the_uninterrupted_run(tmp_path, 
 
 @pytest.mark.slow
 def test_a_sweep_killed_while_members_run_ends_with_every_member_done_once(tmp_path):
-    """kill -9 of the sweep while a member trains: its member process goes on alone; a restarted sweep
-    refuses to start that member a second time while it lives, then finishes the sweep, each member once."""
+    """kill -9 of the sweep while a member trains, then of the member: the restarted sweep finishes,
+    the member resumed from its checkpoint, each member once, one row per epoch."""
     folder, env = tmp_path / "sweep", {**os.environ, "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "launch.py", "--mode=sweep", "--config=configs/fashion3_cnn.py:smoke"]
-    command += ["--sweep=seed=0,1", f"--workdir={folder}", "--parallel=1"]
+    command += ["--config.num_epochs=12", "--sweep=seed=0,1", f"--workdir={folder}", "--parallel=1"]
     child = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in child.stdout:
         if "started" in line:  # the first member is training
@@ -299,10 +313,10 @@ def test_a_sweep_killed_while_members_run_ends_with_every_member_done_once(tmp_p
     child.wait()
     running = [e for e in json.loads((folder / "sweep.json").read_text())["members"] if e["status"] == "running"]
     assert len(running) == 1 and running[0]["pid"]
-    member, pid = folder / running[0]["name"], running[0]["pid"]
-    refused = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False, timeout=300)
-    assert refused.returncode == 2 and f"{member} is still being trained" in refused.stderr, refused.stderr
-    for _ in range(300):  # the orphaned member ends on its own
+    pid = running[0]["pid"]
+    if Path(f"/proc/{pid}").exists():  # (its output pipe is gone: it may have died at its next line)
+        os.kill(pid, signal.SIGKILL)  # the member dies too, at some moment of its training
+    for _ in range(60):
         if not Path(f"/proc/{pid}").exists() or b"zombie" in Path(f"/proc/{pid}/status").read_bytes():
             break
         time.sleep(1)
@@ -311,9 +325,22 @@ def test_a_sweep_killed_while_members_run_ends_with_every_member_done_once(tmp_p
     record = json.loads((folder / "sweep.json").read_text())
     assert sorted(m["status"] for m in record["members"]) == ["finished", "finished"]
     for entry in record["members"]:
-        epochs = json.loads((folder / entry["name"] / "config.json").read_text())["num_epochs"]
+        status = _status(folder / entry["name"])  # early stopping may end it before num_epochs
         steps = [row["step"] for row in _rows(folder / entry["name"])]
-        assert len(steps) == epochs and np.all(np.diff(steps) > 0), steps
+        assert steps == [17 * (epoch + 1) for epoch in range(status["epochs"])], steps
+
+
+@pytest.mark.slow
+def test_a_kill_after_the_last_checkpoint_before_the_finished_status_is_recovered(tmp_path, uninterrupted):
+    train.train_and_evaluate(_config(epochs=3), tmp_path)
+    status = _status(tmp_path)
+    (tmp_path / "status.json").write_text(json.dumps({"status": "running", "step": 12, "time": status["time"]}))
+    summary = train.train_and_evaluate(_config(epochs=3), tmp_path)
+    status = _status(tmp_path)
+    assert status["status"] == "finished" and status["step"] == 18
+    assert status["final"] == pytest.approx(_status(uninterrupted)["final"], rel=1e-5)
+    assert summary == pytest.approx({k.removeprefix("val_"): v for k, v in status["final"].items()})
+    assert status["confusion_matrix"] == _status(uninterrupted)["confusion_matrix"]
 
 
 @pytest.mark.slow
@@ -329,3 +356,43 @@ def test_a_resumed_run_keeps_its_best_checkpoint_for_restoring_the_best_weights(
     assert status["status"] == "finished"
     kept = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
     assert status["best_step"] in kept and kept[-1] == 51
+
+
+INTERRUPTED_GROUP = """
+from configs import sunglasses_cnn
+
+
+def get_config(arg=None):
+    config = sunglasses_cnn.get_config("smoke")
+    config.num_epochs, config.early_stopping.patience = 3, 0
+    return config
+
+
+def get_sweep(arg=None):
+    yield {"optimizer.learning_rate": 0.002}
+    yield {"optimizer.learning_rate": 1e30}  # diverges in its first epoch
+"""
+
+
+@pytest.mark.slow
+def test_a_vectorized_group_stopped_keeps_its_ended_members_ended(tmp_path, monkeypatch):
+    """SIGTERM in the group's second epoch: the member that diverged in the first stays 'diverged' in
+    sweep.json (before, every member was marked interrupted and trained again by the next call)."""
+    study = tmp_path / "study.py"
+    study.write_text(INTERRUPTED_GROUP)
+    original = pipeline.train_batches
+
+    def train_batches(data, config, epoch, *args, **kwargs):
+        if epoch == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(data, config, epoch, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "train_batches", train_batches)
+    with pytest.raises(sweep.SweepInterrupted):
+        sweep.run_sweep(str(study), tmp_path / "sweep", parallel=0, report=False, vectorize=True)
+    record = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
+    statuses = {m["name"]: m["status"] for m in record["members"]}
+    assert statuses == {"optimizer.learning_rate=0.002": "interrupted", "optimizer.learning_rate=1e+30": "diverged"}
+    monkeypatch.setattr(pipeline, "train_batches", original)
+    record = sweep.run_sweep(str(study), tmp_path / "sweep", parallel=0, report=False, vectorize=True)
+    assert {m["name"]: m["status"] for m in record["members"]}["optimizer.learning_rate=0.002"] == "finished"
