@@ -16,7 +16,7 @@ On the CMU faces, one folder per person holding `<user>_<pose>_<expression>_<eye
 files (32 wide x 30 high; one resolution in the folder), labelled by the `open`/`sunglasses`
 in the file names:
 
-  python launch.py --config=configs/sunglasses_cnn.py:path=../shared/data/cmu_faces_4
+  python launch.py --config=configs/sunglasses_cnn.py:path=PATH/TO/cmu_faces_4
 
 `path=DIR` sets data.source=folder, data.path=DIR, data.label_pattern, data.class_names
 (open = 0, sunglasses = 1: the positive class of TP/FP rates), data.val_fraction=0.2 and the
