@@ -179,6 +179,7 @@ class RunRecord:
         self.step, self.train_time, self.stopped_early = 0, 0.0, False
         self.summary, self.computed = None, None  # the latest validation summary and computed metrics
         self.pending_epoch = None  # an epoch's train scalars when a stop came before its end was recorded
+        self.partial_epoch = None  # the metric sums (tree leaves) of an epoch a stop cut short
         self._open = True
         # epoch_hook(step, epoch, scalars) -> True to stop now (a search's pruner, labjax/search.py)
         self.epoch_hook = epoch_hook
@@ -229,6 +230,7 @@ class RunRecord:
         )
         self.step, self.train_time = metadata["step"], metadata.get("train_time_s", 0.0)
         self.pending_epoch = metadata.get("pending_epoch")
+        self.partial_epoch = metadata.get("partial_epoch")
         if self.stopper and metadata.get("early_stopping"):
             self.stopper.load_state_dict(metadata["early_stopping"])
         if self.plateau and metadata.get("plateau"):
@@ -280,13 +282,16 @@ class RunRecord:
         self.write_status("diverged", step=step, loss=str(loss))
         return divergence_message(loss, step)
 
-    def interrupt(self, state, reason: str, pending_epoch: dict | None = None) -> str:
+    def interrupt(
+        self, state, reason: str, pending_epoch: dict | None = None, partial_epoch: list | None = None
+    ) -> str:
         """Saves a checkpoint and records the interruption; returns the message to show.
 
         `pending_epoch`: the train scalars of an epoch whose steps all ran but whose end (validation,
-        its metrics row) did not; the resumed run records that end first.
+        its metrics row) did not; the resumed run records that end first. `partial_epoch`: the metric
+        sums of an epoch stopped part-way, which the resumed epoch goes on adding to.
         """
-        self.save(state, pending_epoch=pending_epoch)
+        self.save(state, pending_epoch=pending_epoch, partial_epoch=partial_epoch)
         self.write_status("interrupted", step=self.step, reason=reason)
         return f"{reason}: checkpoint saved at step {self.step}; run the same command to resume."
 

@@ -389,7 +389,7 @@ class _Loop:
 
     def _train_epoch(self, state, batches, epoch: int, tic: float, stop):
         """Dispatches the epoch's steps; returns (state, the epoch's metrics, its start time less profiling)."""
-        record, steps, epoch_metrics = self.record, self.steps, None
+        record, steps, epoch_metrics = self.record, self.steps, self._partial_metrics()
         # A dispatch never crosses the epoch's end, total_steps or stop_after_step.
         end = epoch_end = min((epoch + 1) * record.steps_per_epoch, record.total_steps)
         if self.stop_after_step is not None:
@@ -422,11 +422,22 @@ class _Loop:
                 stop.signal = "stop_after_step"
             if stop.signal:
                 record.train_time += time.perf_counter() - tic
-                pending = None
+                pending, partial = None, None
                 if record.step == epoch_end:  # every step of the epoch ran: the resumed run records its end first
                     pending = {f"train_{k}": float(v) for k, v in epoch_metrics.compute().items()}
-                raise TrainingInterrupted(record.interrupt(state, stop.signal, pending_epoch=pending))
+                else:  # part-way: the resumed epoch's metrics go on from these sums
+                    partial = [np.asarray(leaf).item() for leaf in jax.device_get(jax.tree.leaves(epoch_metrics))]
+                raise TrainingInterrupted(record.interrupt(state, stop.signal, pending, partial))
         return state, epoch_metrics, tic
+
+    def _partial_metrics(self):
+        """The metric sums of the epoch a stop cut short (saved with its checkpoint), once; else None."""
+        leaves, self.record.partial_epoch = self.record.partial_epoch, None
+        if not leaves:
+            return None
+        empty = tasks.TrainMetrics.empty()
+        values = [np.asarray(value, np.asarray(e).dtype) for value, e in zip(leaves, jax.tree.leaves(empty))]
+        return jax.device_put(jax.tree.unflatten(jax.tree.structure(empty), values), parallel.replicated(self.mesh))
 
     def _log(self, metrics, epoch: int, first: bool, count: int) -> None:
         step, every = self.record.step, self.config.log_every_steps
