@@ -17,6 +17,7 @@ Optuna is imported here and nowhere else; without it a search is a ConfigError n
 """
 
 import ast
+import contextlib
 import copy
 import dataclasses
 import json
@@ -506,9 +507,18 @@ def run_search(
         raise ConfigError(f"--parallel={parallel}: a search runs its trials as processes; expected N >= 1.")
     base_overrides = dict(base_overrides or {})
     workdir = Path(workdir) if workdir else default_workdir(config_argument)
-    search = _open_search(
-        config_argument, workdir, space_flags, base_overrides, trials, sampler, pruner, storage, overwrite
-    )
+    # SQLite's study is this machine's: one search process per folder. A journal study is shared on
+    # purpose by the machines that add trials to it.
+    lock = workdir_lib.FolderLock(workdir, "search") if storage == "sqlite" else contextlib.nullcontext()
+    with lock:
+        search = _open_search(
+            config_argument, workdir, space_flags, base_overrides, trials, sampler, pruner, storage, overwrite
+        )
+        return _run_trials(search, config_argument, workdir, base_overrides, parallel, overwrite, report)
+
+
+def _run_trials(search, config_argument, workdir, base_overrides, parallel, overwrite, report) -> dict:
+    """run_search's trials, report and outcome."""
     resumed = search.interrupted()
     before = len(search.study.get_trials(deepcopy=False))
     print(

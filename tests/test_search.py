@@ -110,6 +110,24 @@ def test_pruners_samplers_and_storage_are_checked():
         search.storage_file(Path("."), "redis")
 
 
+def test_a_second_search_on_a_folder_a_live_search_holds_is_refused(tmp_path):
+    hold = (
+        "import sys, time\nfrom labjax import workdir\nlock = workdir.FolderLock(sys.argv[1]).acquire()\n"
+        "print('held', flush=True)\ntime.sleep(60)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ConfigError, match=rf"{tmp_path} is in use by another labjax process \(pid {holder.pid}\)"):
+            search.run_search(
+                "configs/fashion3_cnn.py:smoke", tmp_path, ["optimizer.learning_rate=loguniform(1e-4,1e-1)"], trials=2
+            )
+        assert not (tmp_path / "study.db").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_without_optuna_a_search_names_the_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "optuna", None)  # what `import optuna` meets when it is not installed
     with pytest.raises(ConfigError, match="pip install optuna"):
