@@ -469,13 +469,14 @@ class _Loop:
         except evaluation.EvaluationStopped:
             raise TrainingInterrupted(self.record.interrupt(state, self.stop.signal, pending_epoch=train)) from None
         learning_rate = optim.current_learning_rate(state.opt_state)
-        end = self.record.end_epoch(state, train, summary, computed, learning_rate, self._validate)
+        shown = {**train, **{f"val_{k}": v for k, v in summary.items()}}
         print(
             f"epoch {epoch + 1}/{self.record.num_epochs} done: "
-            + " ".join(f"{k} {v:.4f}" for k, v in end.scalars.items() if k.startswith(("train_", "val_")))
+            + " ".join(f"{k} {v:.4f}" for k, v in shown.items())
             + f" lr {learning_rate:.3g}",
             flush=True,
         )
+        end = self.record.end_epoch(state, train, summary, computed, learning_rate, self._validate)
         state = end.state
         if end.lr_scale is not None:
             state = state.replace(opt_state=optim.set_lr_scale(state.opt_state, end.lr_scale))
