@@ -540,12 +540,7 @@ def _run_trials(search, config_argument, workdir, base_overrides, parallel, over
     )
     summary = write_summary(search)
     if report:
-        from labjax import report as report_lib
-
-        try:
-            report_lib.write_report(workdir)
-        except Exception as error:  # noqa: BLE001 - the search's results stand without their report
-            print(f"[search] the report failed: {type(error).__name__}: {error}", flush=True)
+        sweep.write_report_of(workdir, "search")
     if not completed:
         raise SweepInterrupted(f"the search was stopped; run the same command to continue it ({workdir}).")
     failed = [t["name"] for t in summary["trials"] if t["state"] == "FAIL"]

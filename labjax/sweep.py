@@ -593,6 +593,16 @@ def _run_vectorized(todo, record, workdir) -> tuple[bool, list]:
     return completed, [(member, entry) for member, entry in todo if member.name in alone]
 
 
+def write_report_of(workdir: Path, kind: str) -> None:
+    """The report of a sweep's or a search's folder; a failing report is said, the results stand without it."""
+    from labjax import report as report_lib
+
+    try:
+        report_lib.write_report(workdir)
+    except Exception as error:  # noqa: BLE001 - the members' results are written; the report is their summary
+        print(f"[{kind}] the report failed: {type(error).__name__}: {error}", flush=True)
+
+
 def run_sweep(
     config_argument: str,
     workdir: str | Path | None = None,
@@ -688,12 +698,7 @@ def _run_locked(
     if completed is None:  # detached: the members run on; the same command attaches
         return record.data
     if report:
-        from labjax import report as report_lib
-
-        try:
-            report_lib.write_report(workdir)
-        except Exception as error:  # noqa: BLE001 - the sweep's results stand without their report
-            print(f"[sweep] the report failed: {type(error).__name__}: {error}", flush=True)
+        write_report_of(workdir, "sweep")
     if not completed:
         raise SweepInterrupted(f"the sweep was stopped; run the same command to resume it ({record.path}).")
     failed = [e["name"] for e in entries if e["status"] in ("failed", "interrupted")]

@@ -74,12 +74,9 @@ def read_status(workdir: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def final_summary(workdir: Path, mark_finished: bool = False) -> dict:
-    """The finished run's validation summary; `mark_finished` repairs a status left 'interrupted'
-    by a stop that came after the last checkpoint was written."""
+def final_summary(workdir: Path) -> dict:
+    """The finished run's validation summary (status.json's `final`, without the 'val_' prefixes)."""
     status = read_status(workdir)
-    if mark_finished and status.get("status") != "finished":
-        write_status(workdir, "finished", **{k: v for k, v in status.items() if k not in ("status", "time")})
     return {k.removeprefix("val_"): v for k, v in status.get("final", {}).items()}
 
 
