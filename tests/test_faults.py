@@ -102,6 +102,10 @@ def test_a_member_process_that_has_not_locked_its_folder_yet_counts_as_training(
     member = tmp_path / "sweep" / "seed=0"
     command = [sys.executable, "-c", "import time; time.sleep(60)", f"--workdir={member}"]
     process = subprocess.Popen(command)
+    for _ in range(100):  # until the child has exec'd (before, /proc shows the forking parent's command)
+        if b"--workdir" in Path(f"/proc/{process.pid}/cmdline").read_bytes():
+            break
+        time.sleep(0.1)
     try:
         assert sweep._still_training({"status": "running", "pid": process.pid}, member)
         assert not sweep._still_training({"status": "running", "pid": process.pid}, tmp_path / "sweep" / "seed=1")
