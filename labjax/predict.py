@@ -17,7 +17,6 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import tensorflow as tf
 from jax.experimental import multihost_utils
 from PIL import Image
 
@@ -27,6 +26,7 @@ from labjax import evaluate, models, parallel, plots
 from labjax.data import augment, decode, pipeline
 from labjax.data.input_spec import InputSpec
 from labjax.errors import ConfigError, MissingFileError
+from labjax.tf_import import tf
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".pgm", ".ppm", ".pnm")
 TOP_K = 5

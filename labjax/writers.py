@@ -6,9 +6,8 @@ import math
 import os
 from pathlib import Path
 
-from clu import metric_writers
-
 from labjax.errors import DataError
+from labjax.tf_import import metric_writers
 
 
 class JsonlWriter(metric_writers.interface.MetricWriter):

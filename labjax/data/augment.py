@@ -17,9 +17,8 @@ import inspect
 import math
 from collections.abc import Callable
 
-import tensorflow as tf
-
 from labjax.errors import ConfigError, DataError
+from labjax.tf_import import tf
 
 # An op: (image, mask or None, seed, context) -> (image, mask or None).
 Op = Callable[..., tuple]

@@ -11,9 +11,9 @@ import re
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
 
 from labjax.errors import DataError, MissingFileError
+from labjax.tf_import import tf
 
 PNM_SUFFIXES = (".pgm", ".ppm", ".pnm")
 _PNM_CHANNELS = {b"P2": 1, b"P5": 1, b"P3": 3, b"P6": 3}

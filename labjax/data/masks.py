@@ -11,11 +11,11 @@ import re
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
 from PIL import Image
 
 from labjax.data.examples import Examples
 from labjax.errors import ConfigError, DataError, MissingFileError
+from labjax.tf_import import tf
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 CLASSES_FILE = "classes.txt"

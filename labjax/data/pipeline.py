@@ -12,16 +12,17 @@ import importlib
 from collections.abc import Callable, Iterator
 
 import numpy as np
-import tensorflow as tf
 
 from labjax.data import augment, decode, labels, splits
 from labjax.data.examples import Examples
 from labjax.errors import ConfigError
+from labjax.tf_import import tf
 
 tf.config.set_visible_devices([], "GPU")  # TensorFlow must leave the accelerators to JAX
 
 BALANCE = ("none", "oversample", "weights")
 CACHE = ("auto", "memory", "stream")
+EVAL_CACHE_BYTES = 256 << 20  # evaluation splits up to this many float32 pixels keep their batches
 MEMORY_LIMIT_BYTES = 4 << 30  # file sources whose decoded pixels fit stay in memory (cache=auto)
 _SEED_STRIDE = 1_000_003  # per-epoch seed word: seed * stride + epoch
 
@@ -38,6 +39,8 @@ class Data:
     class_weights: np.ndarray | None  # per-class loss weights (balance=weights)
     normalize: str = "minus_one_one"  # data.normalize, with "model" resolved to the model's own mode
     input_shape: tuple[int, int, int] = (0, 0, 0)  # one example after preprocessing (H, W, C)
+    # Prepared evaluation batches by (split, batch, process index, count): see eval_batches.
+    eval_cache: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     @property
     def num_classes(self) -> int:
@@ -285,8 +288,25 @@ def train_batches(
 def eval_batches(
     data: Data, split: str, config, global_batch: int | None = None, process_index: int = 0, process_count: int = 1
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Every example of `split` once, in order; the last batch is padded and marked by 'valid' = False."""
+    """Every example of `split` once, in order; the last batch is padded and marked by 'valid' = False.
+
+    The batches never change within a run (no augmentation, a fixed order), so a split whose
+    pixels take at most EVAL_CACHE_BYTES is prepared once and kept: a small model's epoch
+    otherwise spends longer building the validation pipeline than validating.
+    """
     global_batch = global_batch or config.eval_batch_size
+    key = (split, global_batch, process_index, process_count)
+    if key in data.eval_cache:
+        return iter(data.eval_cache[key])
+    batches = _eval_batches(data, split, config, global_batch, process_index, process_count)
+    pixels = len(data.splits[split]) * int(np.prod(data.input_shape)) * 4
+    if pixels > EVAL_CACHE_BYTES or not all(data.input_shape):
+        return batches
+    data.eval_cache[key] = list(batches)
+    return iter(data.eval_cache[key])
+
+
+def _eval_batches(data: Data, split: str, config, global_batch: int, process_index: int, process_count: int):
     local_batch = global_batch // process_count
     examples = data.splits[split]
     cfg = config.data

@@ -6,12 +6,12 @@ so a run on a machine without internet fails early with a clear message instead 
 """
 
 import numpy as np
-import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from labjax.data.examples import Examples
 from labjax.data.masks import parse_mask_values
 from labjax.errors import ConfigError, DataError, MissingFileError
+from labjax.tf_import import tf
 
 SPLIT_NAMES = ("train", "validation", "test")
 
