@@ -47,6 +47,7 @@ class Checkpoints:
         self.best_mode = cfg.best_mode if cfg else "max"
         self.keep = cfg.keep if cfg else 1
         self.manager = _manager(self.directory, read_only=read_only)
+        self._metric_of: dict[int, float | None] = {}  # best_metric by step, read once from its metadata
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -62,6 +63,7 @@ class Checkpoints:
         items = {name: ocp.args.StandardSave(getattr(state, name)) for name in _present(state, STATE_ITEMS)}
         self.manager.save(step, args=ocp.args.Composite(**items, metadata=ocp.args.JsonSave(metadata)))
         self.manager.wait_until_finished()
+        self._metric_of[step] = (metrics or {}).get(self.best_metric)
         self.prune()
 
     def prune(self) -> None:
@@ -74,6 +76,7 @@ class Checkpoints:
         for step in steps:
             if step not in kept:
                 self.manager.delete(step)
+                self._metric_of.pop(step, None)
 
     def metadata(self, step: int) -> dict:
         restored = self.manager.restore(step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore()))
@@ -81,19 +84,24 @@ class Checkpoints:
 
     def best_step(self) -> int | None:
         """The step whose saved validation metric is best (None if none has metrics)."""
-        scored = []
-        for step in self.steps():
-            try:
-                metadata = self.metadata(step)
-            except Exception:  # a corrupt step cannot be the best; restoring it names the problem
-                logging.warning("%s: unreadable metadata; not a candidate for the best checkpoint.", self.directory)
-                continue
-            value = (metadata.get("metrics") or {}).get(self.best_metric)
-            if value is not None:
-                scored.append((value, step))
+        scored = [(value, step) for step in self.steps() if (value := self._metric(step)) is not None]
         if not scored:
             return None
         return (max(scored) if self.best_mode == "max" else min(scored))[1]
+
+    def best_value(self) -> float | None:
+        """best_metric of the best step (None if none has it)."""
+        step = self.best_step()
+        return None if step is None else self._metric(step)
+
+    def _metric(self, step: int) -> float | None:
+        if step not in self._metric_of:
+            try:
+                self._metric_of[step] = (self.metadata(step).get("metrics") or {}).get(self.best_metric)
+            except Exception:  # a corrupt step cannot be the best; restoring it names the problem
+                logging.warning("%s: unreadable metadata; not a candidate for the best checkpoint.", self.directory)
+                return None
+        return self._metric_of[step]
 
     def restore(self, step: int, target, items=STATE_ITEMS) -> dict:
         """Restores the named items onto `target`'s shapes and shardings (a pytree per item).
@@ -135,6 +143,7 @@ class Checkpoints:
             shutil.rmtree(target)
         shutil.move(str(self.directory / str(step)), target)
         self.manager.reload()
+        self._metric_of.pop(step, None)
         return target
 
     def _saved_shapes(self, step: int, name: str, sharding) -> dict:

@@ -167,6 +167,10 @@ def base_config(task: str) -> ml_collections.ConfigDict:
 
     config.checkpoint = ml_collections.ConfigDict()
     config.checkpoint.every_epochs = 1
+    # A periodic checkpoint (every_epochs) waits until this many seconds have passed since the last
+    # save: a small model's save costs more than its epoch. The last epoch, a new best, a stop
+    # (SIGTERM, early stopping) always save; a kill loses at most this much training. 0: every epoch.
+    config.checkpoint.min_interval_s = 30.0
     config.checkpoint.keep = 2  # latest K kept, plus the best below
     config.checkpoint.best_metric = "val_accuracy"
     config.checkpoint.best_mode = "max"
@@ -272,6 +276,8 @@ def _validate_monitors(config: ml_collections.ConfigDict) -> None:
     names = tasks.logged_metrics(config.task)
     every = config.checkpoint.every_epochs
     _check(isinstance(every, int) and every >= 1, "checkpoint.every_epochs", every, "an integer >= 1")
+    interval = config.checkpoint.get("min_interval_s", 0.0)
+    _check(isinstance(interval, int | float) and interval >= 0, "checkpoint.min_interval_s", interval, "seconds >= 0")
     watched = [("checkpoint.best_metric", config.checkpoint.best_metric, True)]
     watched.append(("early_stopping.monitor", config.early_stopping.monitor, config.early_stopping.patience > 0))
     watched.append(

@@ -7,10 +7,13 @@ divergence, interruption and status.json. train.train_and_evaluate drives one; a
 group (labjax/vectorize.py) drives one per member, so a fix here reaches both loops.
 """
 
+import contextlib
 import dataclasses
+import os
 import resource
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,9 @@ from labjax import workdir as workdir_lib
 from labjax.errors import ConfigError, TrainingPruned
 
 RANK = "early_stopping_rank"  # checkpoint metric of runs with early stopping
+# Curves are redrawn during training at most this often, and always when the run ends: a small
+# model's epoch trains in a fraction of the second three figures take (TensorBoard is live).
+PLOT_EVERY_S = 60.0
 
 
 class EarlyStopping:
@@ -112,6 +118,16 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def process_age_s() -> float | None:
+    """Seconds since this process started (Linux), so a run can say what start-up cost; else None."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(uptime - start_ticks / os.sysconf("SC_CLK_TCK"), 0.0)
+
+
 def init_from_rows(init_from: str) -> list[dict]:
     """The per-epoch metrics of the run this one fine-tunes (plotted before its own)."""
     from labjax import writers
@@ -148,7 +164,8 @@ class RunRecord:
 
     The loop tells it where the run stands (`step`, `train_time`) and calls restore, end_epoch,
     save, interrupt or diverge, and finish; `close` is safe to call more than once.
-    `plot_each_epoch` redraws the curves after every epoch; otherwise they are drawn at close.
+    `plot_while_training` redraws the curves after an epoch when the last drawing is PLOT_EVERY_S old;
+    they are drawn at close in any case.
     """
 
     def __init__(
@@ -160,14 +177,14 @@ class RunRecord:
         total_steps: int,
         class_names: list[str],
         input_spec: dict | None = None,
-        plot_each_epoch: bool = True,
+        plot_while_training: bool = True,
         epoch_hook=None,
     ):
         from labjax import writers  # TensorBoard's writer loads TensorFlow: only where a run writes
 
         self.config, self.workdir = config, Path(workdir)
         self.steps_per_epoch, self.total_steps = steps_per_epoch, total_steps
-        self.class_names, self.input_spec, self.plot_each_epoch = class_names, input_spec, plot_each_epoch
+        self.class_names, self.input_spec, self.plot_while_training = class_names, input_spec, plot_while_training
         self.stopper = EarlyStopping(config.early_stopping) if config.early_stopping.patience > 0 else None
         self.plateau = None
         if config.optimizer.schedule == "plateau":
@@ -181,8 +198,21 @@ class RunRecord:
         self.pending_epoch = None  # an epoch's train scalars when a stop came before its end was recorded
         self.partial_epoch = None  # the metric sums (tree leaves) of an epoch a stop cut short
         self._open = True
+        self._plotted_at = time.monotonic()  # the run's start counts as a drawing: its first is a minute in
+        self._saved_at = time.monotonic()  # likewise for checkpoint.min_interval_s
+        # This process's seconds outside the training steps, by kind (status.json's time_s).
+        self.seconds = {"validation": 0.0, "checkpoints": 0.0, "plots": 0.0, "logs": 0.0}
         # epoch_hook(step, epoch, scalars) -> True to stop now (a search's pruner, labjax/search.py)
         self.epoch_hook = epoch_hook
+
+    @contextlib.contextmanager
+    def timed(self, kind: str):
+        """Adds the block's wall time to `self.seconds[kind]`."""
+        tic = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[kind] = self.seconds.get(kind, 0.0) + time.perf_counter() - tic
 
     @property
     def num_epochs(self) -> int:
@@ -271,7 +301,9 @@ class RunRecord:
         }
         if self.input_spec is not None:
             metadata["input"] = self.input_spec
-        self.checkpoints.save(state, metadata, metrics)
+        with self.timed("checkpoints"):
+            self.checkpoints.save(state, metadata, metrics)
+        self._saved_at = time.monotonic()
 
     def fail(self, error: BaseException) -> None:
         """Records an unexpected error (status 'failed' with it), so no status stays 'running'."""
@@ -310,8 +342,9 @@ class RunRecord:
             "learning_rate": learning_rate,
             "training_time_s": self.train_time,
         }
-        self.writer.write_scalars(step, scalars)
-        self.writer.flush()
+        with self.timed("logs"):
+            self.writer.write_scalars(step, scalars)
+            self.writer.flush()
         lr_scale = self.plateau.update(scalars) if self.plateau else None  # the next epoch's rate
         stopper = self.stopper
         improved = stopper.update(scalars, step, -(-step // spe)) if stopper else False
@@ -320,18 +353,33 @@ class RunRecord:
         metrics = {k: v for k, v in scalars.items() if k.startswith(("train_", "val_"))}
         if stopper:
             metrics[RANK] = float(stopper.improvements if improved else -1)
+        saved = False
         if last and stopper and self.config.early_stopping.restore_best and stopper.best_step != step:
             state = self._restore_best(state, evaluate)
-        elif last or improved or (step // spe) % self.config.checkpoint.every_epochs == 0:
+        elif last or improved or self._new_best(metrics) or self._periodic_save_due(step):
             self.save(state, metrics, stopped_early=self.stopped_early)
+            saved = True
         if self.stopped_early:
             print(f"Early stopping: no {stopper.monitor} improvement in {stopper.patience} epochs.", flush=True)
-        if self.plot_each_epoch:
+        if self.plot_while_training and time.monotonic() - self._plotted_at >= PLOT_EVERY_S:
             self._plot()
         stop = self.epoch_hook(step, -(-step // spe), scalars) if self.epoch_hook is not None else False
         if stop and not last:
-            self.prune(state, metrics, saved=improved or (step // spe) % self.config.checkpoint.every_epochs == 0)
+            self.prune(state, metrics, saved=saved)
         return EpochEnd(scalars, state, lr_scale, last, self.stopped_early)
+
+    def _periodic_save_due(self, step: int) -> bool:
+        cfg = self.config.checkpoint
+        every_epochs = (step // self.steps_per_epoch) % cfg.every_epochs == 0
+        return every_epochs and time.monotonic() - self._saved_at >= cfg.get("min_interval_s", 0.0)
+
+    def _new_best(self, metrics: dict) -> bool:
+        """Whether this epoch's checkpoint.best_metric beats every saved checkpoint's (it is then saved)."""
+        name = self.checkpoints.best_metric
+        if not name or metrics.get(name) is None:
+            return False
+        best = self.checkpoints.best_value()
+        return best is None or (metrics[name] > best if self.checkpoints.best_mode == "max" else metrics[name] < best)
 
     def prune(self, state, metrics: dict, saved: bool) -> None:
         """The epoch hook stopped the run: its checkpoint is kept (saved now unless it was), status 'pruned'."""
@@ -368,6 +416,7 @@ class RunRecord:
                 "best_value": stopper.best,
                 "monitor": stopper.monitor,
             }
+        self.seconds["process"] = process_age_s()
         self.write_status(
             "finished",
             step=self.step,
@@ -379,23 +428,25 @@ class RunRecord:
             final={f"val_{k}": v for k, v in self.summary.items()},
             class_names=self.class_names,
             confusion_matrix=np.asarray(self.computed["confusion"]).tolist(),
+            time_s={kind: round(s, 3) if isinstance(s, float) else s for kind, s in self.seconds.items()},
             **facts,
             **stopping,
         )
 
     def close(self) -> None:
-        """Closes the writer and checkpoints (waiting for saves); draws the curves if not drawn each epoch."""
+        """Closes the writer and checkpoints (waiting for saves) and draws the curves of every epoch."""
         if not self._open:
             return
         self._open = False
         self.writer.close()
         self.checkpoints.close()
-        if not self.plot_each_epoch:
-            self._plot()
+        self._plot()
 
     def _plot(self) -> None:
         from labjax import writers
 
         rows_path = self.workdir / "metrics.jsonl"
-        if jax.process_index() == 0 and rows_path.exists():
-            plots.plot_curves(writers.read_rows(rows_path), self.workdir / "plots", self.earlier_rows)
+        with self.timed("plots"):
+            if jax.process_index() == 0 and rows_path.exists():
+                plots.plot_curves(writers.read_rows(rows_path), self.workdir / "plots", self.earlier_rows)
+        self._plotted_at = time.monotonic()

@@ -27,7 +27,7 @@ from labjax import config as config_lib
 from labjax import evaluation, models, optim, parallel, profiling, tasks
 from labjax import workdir as workdir_lib
 from labjax.errors import ConfigError, TrainingDiverged, TrainingInterrupted, TrainingPruned  # noqa: F401
-from labjax.run_record import RunRecord, StopRequests
+from labjax.run_record import RunRecord, StopRequests, process_age_s
 from labjax.weights import pretrained
 
 
@@ -354,6 +354,7 @@ class _Loop:
         # This session's timing (a resumed run's rate counts its own steps); the first dispatch compiles.
         self.session_start, self.session_time = record.step, 0.0
         self.first_step_s, self.first_steps = 0.0, 1
+        record.seconds["startup"] = process_age_s()  # imports, data, model, restore
 
     def run(self, state: TrainState) -> TrainState:
         record, next_batches = self.record, None  # the next epoch's iterator is built while this one computes
@@ -377,6 +378,8 @@ class _Loop:
                 self._check_finite(train["train_loss"])
                 state = self._end_epoch(state, train, epoch)
         self.profiler.finish()
+        record.seconds["compile"] = self.first_step_s  # the first dispatch: compile and run it
+        record.seconds["train_steps"] = self.session_time - self.first_step_s
         return state
 
     def _batches(self, epoch: int, first_step: int = 0):
@@ -465,7 +468,8 @@ class _Loop:
 
     def _end_epoch(self, state, train: dict, epoch: int) -> TrainState:
         try:
-            summary, computed = self._validate({"params": state.params, "batch_stats": state.batch_stats}, True)
+            with self.record.timed("validation"):
+                summary, computed = self._validate({"params": state.params, "batch_stats": state.batch_stats}, True)
         except evaluation.EvaluationStopped:
             raise TrainingInterrupted(self.record.interrupt(state, self.stop.signal, pending_epoch=train)) from None
         learning_rate = optim.current_learning_rate(state.opt_state)
@@ -554,14 +558,14 @@ def _train_in(config, workdir: Path, data, info, overwrite: bool, stop_after_ste
     loop = _Loop(config, data, mesh, _make_steps(config, data, model, mesh), record, stop_after_step)
     try:
         loop.run(state)
+        record.finish(loop.steps_per_s(), num_params=num_params, trainable_params=trainable)
     except (TrainingDiverged, TrainingInterrupted, TrainingPruned):
         record.close()  # waits for a checkpoint being written; the status says what happened
         raise
     except BaseException as error:
-        record.fail(error)  # no status stays 'running' after a crash
+        record.fail(error)  # no status stays 'running' after a crash, nor after a failing end
         record.close()
         raise
-    record.finish(loop.steps_per_s(), num_params=num_params, trainable_params=trainable)
     print(f"Finished in {_format_time(record.train_time)} of training; workdir {workdir}.", flush=True)
     return dict(record.summary)
 

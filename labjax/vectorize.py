@@ -40,7 +40,7 @@ from labjax import workdir as workdir_lib
 from labjax.data import pipeline
 from labjax.data.input_spec import InputSpec
 from labjax.errors import ConfigError, TrainingInterrupted, UserError
-from labjax.run_record import RunRecord, StopRequests
+from labjax.run_record import RunRecord, StopRequests, process_age_s
 
 # Keys whose values may differ inside a group: numbers that can be arrays.
 VECTOR_KEYS = (
@@ -135,7 +135,7 @@ class _Member:
             total_steps=self.total_steps,
             class_names=self.data.class_names,
             input_spec=InputSpec.from_data(self.data, self.config).to_dict(),
-            plot_each_epoch=False,  # drawn once, at the member's end
+            plot_while_training=False,  # drawn once, at the member's end
         )
         self.record.write_status("running", step=0)
 
@@ -360,6 +360,8 @@ class _Group:
         self.single_eval = evaluation.make_eval_step(self.mesh, model, data0.num_classes)
         self.alive = jnp.ones(len(members), bool)
         self.train_time, self.compiled_at = 0.0, None
+        # The group's own times, shared by its members (status.json's time_s names the group).
+        self.seconds = {"group": members[0].name, "startup": process_age_s(), "validation": 0.0}
 
     def run(self, stop_after_step: int | None) -> None:
         members, epoch, started = self.members, 0, time.perf_counter()
@@ -369,7 +371,9 @@ class _Group:
                 epoch_metrics = self._train_epoch(epoch, started, stop, stop_after_step)
                 self.train_time += time.perf_counter() - tic
                 _check_alive(members, self.alive)
+                tic = time.perf_counter()
                 computed = _evaluate(self.eval_step, self.state, self.streams, members, self.mesh, self.stacked)
+                self.seconds["validation"] += time.perf_counter() - tic
                 self._end_epoch(epoch_metrics, computed)
                 epoch += 1
 
@@ -438,6 +442,8 @@ class _Group:
                 scales[index] = end.lr_scale
             if end.last:
                 member.status = "finished"
+                compile_s = self.compiled_at or 0.0
+                record.seconds.update(self.seconds, compile=compile_s, train_steps=self.train_time - compile_s)
                 record.finish(steps_per_s, **self.facts)
         if any(m.record.plateau for m in self.members):
             self.state = self.state.replace(opt_state=optim.set_lr_scale(self.state.opt_state, scales))
