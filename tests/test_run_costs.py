@@ -14,6 +14,7 @@ from labjax import checkpoints, evaluation, models, parallel, plots, run_record,
 from labjax.data import pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # each trains or starts a Python
 
 
 def _config(epochs: int = 4, **checkpoint):
