@@ -213,11 +213,14 @@ def _l2_penalty_fn(opt, weight):
     return penalty
 
 
-def _make_group_step(config, num_classes, frozen, steps_per_epoch, total_steps, mesh, stacked_batch, vary_smoothing):
+def _make_group_step(
+    config, num_classes, frozen, steps_per_epoch, total_steps, mesh, stacked_batch, vary_smoothing, steps_per_dispatch
+):
     """The jitted, vmapped step over (state, epoch's metric sums, batch, per-member numbers, active, alive).
 
     Returns (state, sums, alive): a member that is not active (done, waiting) or not alive
     (its loss was NaN once) keeps its state; an inactive member adds nothing to its sums.
+    With steps_per_dispatch k > 1 it takes a chunk of k batches and (k, members) active flags.
     """
     opt = config.optimizer
     l2 = optim.weight_decay_type(opt) == "l2"
@@ -245,25 +248,66 @@ def _make_group_step(config, num_classes, frozen, steps_per_epoch, total_steps, 
         return state.replace(**updated), totals, alive
 
     replicated = parallel.replicated(mesh)
-    batch_axis = 0 if stacked_batch else None
-    spec = PartitionSpec(None, "data") if stacked_batch else PartitionSpec("data")
+    group_step = jax.vmap(member_step, in_axes=(0, 0, 0 if stacked_batch else None, 0, 0, 0))
+    if steps_per_dispatch > 1:
+        group_step = _chunked(group_step)
     return jax.jit(
-        jax.vmap(member_step, in_axes=(0, 0, batch_axis, 0, 0, 0)),
-        in_shardings=(replicated, replicated, NamedSharding(mesh, spec), replicated, replicated, replicated),
+        group_step,
+        in_shardings=(
+            replicated,
+            replicated,
+            _batch_sharding(mesh, stacked_batch, steps_per_dispatch),
+            *[replicated] * 3,
+        ),
         out_shardings=(replicated, replicated, replicated),
         donate_argnums=(0, 1),
     )
 
 
-def _global(batch: dict, mesh, stacked: bool) -> dict:
-    sharding = NamedSharding(mesh, PartitionSpec(None, "data") if stacked else PartitionSpec("data"))
+def _chunked(group_step):
+    """The group's step over a chunk of k batches (a lax.scan; config.steps_per_execution): `active`
+    is (k, members), False where a member has no step (its epoch or run ended, the chunk's padding)."""
+
+    def chunk_step(state, totals, chunk, numbers, active, alive):
+        def body(carry, step_inputs):
+            batch, active_now = step_inputs
+            return group_step(*carry[:2], batch, numbers, active_now, carry[2]), None
+
+        (state, totals, alive), _ = jax.lax.scan(body, (state, totals, alive), (chunk, active))
+        return state, totals, alive
+
+    return chunk_step
+
+
+def _batch_sharding(mesh, stacked: bool, steps_per_dispatch: int) -> NamedSharding:
+    """A batch (B, ...), stacked over members (M, B, ...), and either in a chunk (k, ...): B over 'data'."""
+    leading = (None,) * (int(stacked) + int(steps_per_dispatch > 1))
+    return NamedSharding(mesh, PartitionSpec(*leading, "data"))
+
+
+def _global(batch: dict, mesh, stacked: bool, steps_per_dispatch: int = 1) -> dict:
+    sharding = _batch_sharding(mesh, stacked, steps_per_dispatch)
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
 
-def _member_batch(stream_batches: list[dict], members: list[_Member], stacked: bool) -> dict:
+def _member_batch(stream_batches: list[dict], members: list[_Member], stacked: bool, axis: int = 0) -> dict:
+    """The batch each member trains on: the one stream's, or the members' streams' stacked on `axis`."""
     if not stacked:
         return stream_batches[0]
-    return {k: np.stack([stream_batches[m.stream][k] for m in members]) for k in stream_batches[0]}
+    return {k: np.stack([stream_batches[m.stream][k] for m in members], axis) for k in stream_batches[0]}
+
+
+def _padded_chunk(chunk: dict | None, template: dict, steps: int) -> dict:
+    """A stream's chunk of `steps` batches: a short one (its epoch's end) or none padded with zeros."""
+    padded = {}
+    for key, value in template.items():
+        have = chunk[key] if chunk is not None else value[:0]
+        if len(have) == steps:
+            padded[key] = have
+            continue
+        padded[key] = np.zeros((steps, *value.shape[1:]), value.dtype)
+        padded[key][: len(have)] = have
+    return padded
 
 
 def train_group(names: list[str], configs: list, workdirs: list[Path], *, stop_after_step: int | None = None) -> dict:
@@ -345,6 +389,7 @@ class _Group:
         self.facts = {"num_params": num_params, "trainable_params": trainable, "vectorized_group": len(members)}
         self.stacked = len(streams) > 1
         self.numbers, vary_smoothing = _member_numbers(members, streams, self.mesh)
+        self.per_dispatch = first.steps_per_execution
         self.train_step = _make_group_step(
             first,
             data0.num_classes,
@@ -354,6 +399,7 @@ class _Group:
             self.mesh,
             self.stacked,
             vary_smoothing,
+            self.per_dispatch,
         )
         eval_fn = evaluation.eval_step_fn(model, data0.num_classes)
         self.eval_step = jax.jit(jax.vmap(eval_fn, in_axes=(0, 0 if self.stacked else None)))
@@ -378,31 +424,40 @@ class _Group:
                 epoch += 1
 
     def _train_epoch(self, epoch: int, started: float, stop, stop_after_step: int | None):
-        """One epoch of every active member; returns the members' stacked metric sums."""
-        members, streams, process = self.members, self.streams, (jax.process_index(), jax.process_count())
-        iterators = [pipeline.train_batches(s.data, s.config, epoch, 0, *process) for s in streams]
+        """One epoch of every active member, k steps a dispatch; returns the members' stacked metric sums."""
+        members, streams, process, k = (
+            self.members,
+            self.streams,
+            (jax.process_index(), jax.process_count()),
+            self.per_dispatch,
+        )
+        iterators = [pipeline.train_batches(s.data, s.config, epoch, 0, *process, steps_per_chunk=k) for s in streams]
         longest = max(m.steps_per_epoch for m in members if m.active)
-        epoch_metrics, last_batches = None, [None] * len(streams)
-        for position in range(longest):
-            active = [m.active and position < m.steps_per_epoch and m.step < m.total_steps for m in members]
-            if not any(active):
+        epoch_metrics, last_batches = _zero_metrics(len(members), self.mesh), [None] * len(streams)
+        for position in range(0, longest, k):
+            # Each member's steps in this dispatch: none once its epoch or its run has ended.
+            counts = [min(k, m.steps_per_epoch - position, m.total_steps - m.step) if m.active else 0 for m in members]
+            if not any(count > 0 for count in counts):
                 break
             for index, (iterator, s) in enumerate(zip(iterators, streams)):
                 if position < s.steps_per_epoch:
                     last_batches[index] = next(iterator)
-            batch = _global(_member_batch(last_batches, members, self.stacked), self.mesh, self.stacked)
-            if epoch_metrics is None:
-                epoch_metrics = _zero_metrics(len(members), self.mesh)
             self.state, epoch_metrics, self.alive = self.train_step(
-                self.state, epoch_metrics, batch, self.numbers, np.array(active), self.alive
+                self.state,
+                epoch_metrics,
+                self._batch(last_batches, position),
+                self.numbers,
+                _active(counts, k),
+                self.alive,
             )
-            for member, on in zip(members, active):
-                member.record.step += on
+            for member, count in zip(members, counts):
+                member.record.step += max(count, 0)
             if self.compiled_at is None:
                 jax.block_until_ready(self.alive)
                 self.compiled_at = time.perf_counter() - started
-                print(f"[vectorize] compiled and ran the first step in {self.compiled_at:.1f}s", flush=True)
-            if (position + 1) % members[0].config.log_every_steps == 0:
+                print(f"[vectorize] compiled and ran the first dispatch in {self.compiled_at:.1f}s", flush=True)
+            every = members[0].config.log_every_steps
+            if (position + k) // every > position // every:
                 _check_alive(members, self.alive)
             if stop_after_step is not None and max(m.step for m in members) >= stop_after_step:
                 stop.signal = "stop_after_step"
@@ -412,6 +467,17 @@ class _Group:
                     f"{max(m.step for m in members)}; the same command restarts its unfinished members."
                 )
         return epoch_metrics
+
+    def _batch(self, stream_batches: list[dict], position: int) -> dict:
+        """The dispatch's global batch (or chunk of k): a stream whose epoch ended gives zeros it never trains on."""
+        k = self.per_dispatch
+        if k > 1:
+            template = next(b for b in stream_batches if b is not None)
+            ended = [s.steps_per_epoch <= position for s in self.streams]
+            stream_batches = [_padded_chunk(None if done else b, template, k) for b, done in zip(stream_batches, ended)]
+        return _global(
+            _member_batch(stream_batches, self.members, self.stacked, int(k > 1)), self.mesh, self.stacked, k
+        )
 
     def _end_epoch(self, epoch_metrics, computed: list[dict | None]) -> None:
         """Each active member's epoch end, by its RunRecord: metrics, plateau, early stopping, checkpoints."""
@@ -468,6 +534,13 @@ def _member_numbers(members: list[_Member], streams: list[_Stream], mesh) -> tup
         numbers["class_weights"] = np.stack(weights).astype(np.float32)
     vary_smoothing = len(set(numbers["label_smoothing"].tolist())) > 1
     return jax.device_put(numbers, parallel.replicated(mesh)), vary_smoothing
+
+
+def _active(counts: list[int], steps_per_dispatch: int) -> np.ndarray:
+    """Which members step: (members,) for one step a dispatch, else (k, members) from each one's count."""
+    if steps_per_dispatch == 1:
+        return np.array([count > 0 for count in counts])
+    return np.arange(steps_per_dispatch)[:, None] < np.array(counts)[None, :]
 
 
 def _zero_metrics(num_members: int, mesh) -> tasks.TrainMetrics:
