@@ -121,7 +121,10 @@ def exit_now(code) -> None:
     """Ends the process without the interpreter's teardown, which takes 1-2 s once TensorFlow and XLA
     are loaded (a sweep member pays it each time): by now every file labjax wrote is closed. The
     atexit callbacks still run (JAX's, a multi-process run's shutdown). While another thread still
-    works, it returns and the process exits as usual."""
+    works, or a profiler or coverage tool watches (it writes at the interpreter's exit), it returns
+    and the process exits as usual."""
+    if sys.getprofile() is not None or sys.gettrace() is not None:
+        return
     if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
         return
     if code is not None and not isinstance(code, int):  # sys.exit("message"): Python prints it, exit 1

@@ -29,7 +29,7 @@ def plot_curves(rows: list[dict], out_dir: Path, earlier_rows: list[dict] | None
     joined, offset = join_phases(rows, earlier_rows)
     earlier = offset > 0
     epochs = [row["epoch"] for row in joined]
-    metrics = sorted({k.split("_", 1)[1] for row in joined for k in row if k.startswith(("train_", "val_"))})
+    metrics = curve_metrics(joined)
     written = []
     for metric, keys in [(m, (f"train_{m}", f"val_{m}")) for m in metrics] + [("learning_rate", ("learning_rate",))]:
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -52,6 +52,11 @@ def plot_curves(rows: list[dict], out_dir: Path, earlier_rows: list[dict] | None
         plt.close(fig)
         written.append(path)
     return written
+
+
+def curve_metrics(rows: list[dict]) -> list[str]:
+    """The metrics plot_curves draws a figure of (each `METRIC.png`), besides learning_rate.png."""
+    return sorted({k.split("_", 1)[1] for row in rows for k in row if k.startswith(("train_", "val_"))})
 
 
 def literal(text) -> str:

@@ -311,7 +311,7 @@ def _run_section(index: int, run: Run, facts: dict, keys: list[str], files: Path
     overrides = {k: _value(run, k) for k in keys} or run.sweep.get("overrides", {})
     if overrides:
         section.notes.append(", ".join(f"{k} = {v}" for k, v in overrides.items()))
-    for path in plots.plot_curves(run.rows, files / slug):
+    for path in _curves(run, files / slug):
         section.figures.append((path.stem.replace("_", " "), path))
     matrix, class_names, where = _confusion(run)
     if matrix is not None:
@@ -336,6 +336,19 @@ def _run_section(index: int, run: Run, facts: dict, keys: list[str], files: Path
         shutil.copyfile(run.samples, path)
         section.figures.append(("image / true mask / predicted mask", path))
     return section
+
+
+def _curves(run: Run, out_dir: Path) -> list[Path]:
+    """The run's curves: its own figures when it drew them after its last metrics row (a run draws
+    them as it ends), else drawn now."""
+    names = [f"{metric}.png" for metric in plots.curve_metrics(run.rows)] + ["learning_rate.png"]
+    own = [run.path / "plots" / name for name in names]
+    rows_file = run.path / "metrics.jsonl"
+    if run.rows and rows_file.exists() and all(p.exists() for p in own):
+        if min(p.stat().st_mtime for p in own) >= rows_file.stat().st_mtime:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            return [Path(shutil.copyfile(p, out_dir / p.name)) for p in own]
+    return plots.plot_curves(run.rows, out_dir)
 
 
 def provenance_table(facts: dict) -> Table:

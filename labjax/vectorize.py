@@ -17,8 +17,11 @@ the config in their metadata, so `--mode=eval` works; plots at its end), early s
 plateau scale and divergence: a member whose loss turns NaN is frozen at its last finite
 state (a sticky flag on the device, no host sync per step) and recorded 'diverged'.
 
-model.dropout stays structural: flax's nn.Dropout branches in Python on its rate, which a
-traced rate cannot do. An interrupted group restarts its unfinished members from scratch.
+Members whose augmentation or added copies differ (data.augment, copy_fraction, copy_augment)
+read their own streams too. model.dropout is a per-member number for the models that take it
+traced (DROPOUT_AS_NUMBER: S4's ConvNN); for the others it stays structural, as flax's
+nn.Dropout branches in Python on its rate. An interrupted group restarts its unfinished members
+from scratch.
 """
 
 import dataclasses
@@ -54,8 +57,15 @@ VECTOR_KEYS = (
     "label_smoothing",
     "seed",
     "data.fold",
+    "data.augment",
+    "data.copy_fraction",
+    "data.copy_augment",
 )
-STREAM_KEYS = ("seed", "data.fold")  # what decides the data a member sees
+# What decides the data a member sees: members that differ here read their own stream of batches.
+STREAM_KEYS = ("seed", "data.fold", "data.augment", "data.copy_fraction", "data.copy_augment")
+# Models whose model.dropout is a number the step can take per member (small_nets.Dropout); for
+# the others flax's nn.Dropout branches in Python on the rate, so it shapes the program.
+DROPOUT_AS_NUMBER = ("convnn1", "convnn2")
 
 
 def structure_key(config: ml_collections.ConfigDict) -> str:
@@ -67,6 +77,8 @@ def structure_key(config: ml_collections.ConfigDict) -> str:
     flat = config_lib.flatten(config_lib.to_dict(config))
     for key in VECTOR_KEYS:
         flat.pop(key, None)
+    if config.model.name in DROPOUT_AS_NUMBER:
+        flat.pop("model.dropout", None)
     flat["momentum>0"] = config.optimizer.momentum > 0
     return json.dumps(flat, sort_keys=True, default=str)
 
@@ -214,13 +226,23 @@ def _l2_penalty_fn(opt, weight):
 
 
 def _make_group_step(
-    config, num_classes, frozen, steps_per_epoch, total_steps, mesh, stacked_batch, vary_smoothing, steps_per_dispatch
+    config,
+    num_classes,
+    frozen,
+    steps_per_epoch,
+    total_steps,
+    mesh,
+    stacked_batch,
+    vary_smoothing,
+    steps_per_dispatch,
+    dropout_model=None,
 ):
     """The jitted, vmapped step over (state, epoch's metric sums, batch, per-member numbers, active, alive).
 
     Returns (state, sums, alive): a member that is not active (done, waiting) or not alive
     (its loss was NaN once) keeps its state; an inactive member adds nothing to its sums.
     With steps_per_dispatch k > 1 it takes a chunk of k batches and (k, members) active flags.
+    `dropout_model`: the model, cloned in each member's step with its own dropout rate.
     """
     opt = config.optimizer
     l2 = optim.weight_decay_type(opt) == "l2"
@@ -236,7 +258,10 @@ def _make_group_step(
             penalty=_l2_penalty_fn(opt, numbers["weight_decay"]) if l2 else None,
             compute_dtype=config.compute_dtype,
         )
-        new, metrics = step(state.replace(tx=tx), batch)
+        stepping = state.replace(tx=tx)  # the returned state keeps the group's tx and apply_fn
+        if dropout_model is not None:
+            stepping = stepping.replace(apply_fn=dropout_model.clone(dropout=numbers["dropout"]).apply)
+        new, metrics = step(stepping, batch)
         alive = alive & (~active | jnp.isfinite(metrics.loss.compute()))  # sticky: a NaN once freezes for good
         keep = active & alive
         fields = ("step", "params", "batch_stats", "opt_state")
@@ -400,6 +425,7 @@ class _Group:
             self.stacked,
             vary_smoothing,
             self.per_dispatch,
+            model if "dropout" in self.numbers else None,
         )
         eval_fn = evaluation.eval_step_fn(model, data0.num_classes)
         self.eval_step = jax.jit(jax.vmap(eval_fn, in_axes=(0, 0 if self.stacked else None)))
@@ -532,6 +558,9 @@ def _member_numbers(members: list[_Member], streams: list[_Stream], mesh) -> tup
     }
     if weights[0] is not None:
         numbers["class_weights"] = np.stack(weights).astype(np.float32)
+    rates = [m.config.model.dropout for m in members]
+    if len(set(rates)) > 1:  # structure_key let them differ: DROPOUT_AS_NUMBER
+        numbers["dropout"] = np.array(rates, np.float32)
     vary_smoothing = len(set(numbers["label_smoothing"].tolist())) > 1
     return jax.device_put(numbers, parallel.replicated(mesh)), vary_smoothing
 

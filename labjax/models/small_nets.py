@@ -323,6 +323,22 @@ def _torch_uniform(fan_in: int) -> Callable[..., jax.Array]:
     return init
 
 
+class Dropout(nn.Module):
+    """nn.Dropout whose rate may be a traced number, so a vectorized sweep's members can each have
+    their own (labjax/vectorize.py clones the model with the member's rate). Named as nn.Dropout
+    (auto-named Dropout_0), it draws the same random masks; the Python 0 draws none."""
+
+    rate: Any
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
+        if deterministic or (isinstance(self.rate, int | float) and self.rate == 0):
+            return x
+        keep = 1.0 - self.rate
+        mask = jax.random.bernoulli(self.make_rng("dropout"), p=keep, shape=x.shape)
+        return jax.lax.select(mask, x / keep, jnp.zeros_like(x))
+
+
 class ConvNN(nn.Module):
     """S4's PyTorch CNN family: Conv2d(C,8,3,padding) MaxPool2d(pool) ReLU Conv2d(8,16,3) MaxPool2d(2)
     ReLU Flatten Linear(->hidden) ReLU [Dropout] Linear(hidden, classes).
@@ -331,7 +347,8 @@ class ConvNN(nn.Module):
     The Linear input size follows from the input shape. Flatten runs over NHWC (H, W, C order)
     where PyTorch flattens NCHW (C, H, W): same feature count, permuted order, so PyTorch
     weights need fc1's rows permuted. PyTorch's default init, so training from scratch behaves
-    like the original. `dropout` (S4: 0.25, 0.5) follows the first dense layer's ReLU.
+    like the original. `dropout` (S4: 0.25, 0.5) follows the first dense layer's ReLU; it may be
+    a traced number (one per member of a vectorized sweep).
     """
 
     num_classes: int = 2
@@ -352,7 +369,7 @@ class ConvNN(nn.Module):
         x = x.reshape(x.shape[0], -1)
         init = _torch_uniform(x.shape[-1])
         x = jax.nn.relu(nn.Dense(self.hidden, kernel_init=init, bias_init=init, name="fc1")(x))
-        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        x = Dropout(self.dropout)(x, deterministic=not train)
         init = _torch_uniform(self.hidden)
         return nn.Dense(self.num_classes, kernel_init=init, bias_init=init, name="fc2")(x)
 
