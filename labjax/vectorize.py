@@ -74,13 +74,17 @@ def structure_key(config: ml_collections.ConfigDict) -> str:
     Momentum is present in the optimizer state only when > 0 (optim.injected_numbers), so
     0 and > 0 are different structures.
     """
+    return json.dumps(_structure(config), sort_keys=True, default=str)
+
+
+def _structure(config: ml_collections.ConfigDict) -> dict:
     flat = config_lib.flatten(config_lib.to_dict(config))
     for key in VECTOR_KEYS:
         flat.pop(key, None)
     if config.model.name in DROPOUT_AS_NUMBER:
         flat.pop("model.dropout", None)
     flat["momentum>0"] = config.optimizer.momentum > 0
-    return json.dumps(flat, sort_keys=True, default=str)
+    return flat
 
 
 def group_members(members: list) -> list[list]:
@@ -95,9 +99,9 @@ def why_not_vectorized(members: list) -> str:
     """Which structural keys differ between the first two members (for the fall-back message)."""
     if len(members) < 2:
         return "the sweep has fewer than two members to train"
-    first, second = (config_lib.flatten(config_lib.to_dict(m.config)) for m in members[:2])
-    keys = [k for k in sorted(set(first) | set(second)) if k not in VECTOR_KEYS and first.get(k) != second.get(k)]
-    if not keys:
+    first, second = (_structure(m.config) for m in members[:2])
+    keys = [k for k in sorted(set(first) | set(second)) if first.get(k) != second.get(k)]
+    if keys == ["momentum>0"]:
         return "momentum is 0 for some members and > 0 for others"
     return "members differ in " + ", ".join(f"{k} ({first.get(k)!r} vs {second.get(k)!r})" for k in keys[:4])
 

@@ -16,7 +16,11 @@ from labjax import evaluate, sweep, train, vectorize
 STUDY = """
 from configs import sunglasses_cnn
 
-RUN_NAME = "f{data.fold}_lr{optimizer.learning_rate}_b{optimizer.b1}"
+def run_name(overrides):
+    name = f"f{overrides['data.fold']}_lr{overrides['optimizer.learning_rate']}"
+    name += f"_b{overrides['optimizer.b1']}" if "optimizer.b1" in overrides else ""
+    name += "_dropout" if "model.dropout" in overrides else ""
+    return name + ("_flip" if "data.copy_fraction" in overrides else "")
 
 
 def get_config(arg=None):
@@ -32,8 +36,11 @@ def get_sweep(arg=None):
     yield {"data.fold": 0, "optimizer.learning_rate": 0.01, "optimizer.b1": 0.8}
     yield {"data.fold": 4, "optimizer.learning_rate": 0.002}
     yield {"data.fold": 0, "optimizer.learning_rate": 1e30}
+    yield {"data.fold": 0, "optimizer.learning_rate": 0.002, "model.dropout": 0.5}
+    flip = {"data.copy_fraction": 0.25, "data.copy_augment": "flip_lr(p=1.0)"}  # 25% more steps an epoch
+    yield {"data.fold": 0, "optimizer.learning_rate": 0.002, **flip}
 """
-ALONE = ("f0_lr0.002", "f0_lr0.01_b0.8", "f4_lr0.002")
+ALONE = ("f0_lr0.002", "f0_lr0.01_b0.8", "f4_lr0.002", "f0_lr0.002_dropout", "f0_lr0.002_flip")
 DIVERGING = "f0_lr1e+30"
 
 
@@ -70,11 +77,18 @@ def test_each_member_matches_the_same_member_trained_alone(vectorized_sweep):
                 if key != "training_time_s":
                     assert row[key] == pytest.approx(value, rel=1e-4, abs=1e-6), (name, key)
         status, own_status = (json.loads((d / name / "status.json").read_text()) for d in (workdir, alone))
-        assert status["status"] == "finished" and status["vectorized_group"] == 4
+        assert status["status"] == "finished" and status["vectorized_group"] == 6
         for key in ("step", "epochs", "best_step", "stopped_early", "best_epoch", "confusion_matrix"):
             assert status[key] == own_status[key], (name, key)
     steps = {name: _rows(workdir / name)[0]["step"] for name in ALONE}
-    assert steps == {"f0_lr0.002": 6, "f0_lr0.01_b0.8": 6, "f4_lr0.002": 7}  # fold 4 has its own batches
+    # fold 4 and the flipped copies have their own batches
+    assert steps == {
+        "f0_lr0.002": 6,
+        "f0_lr0.01_b0.8": 6,
+        "f4_lr0.002": 7,
+        "f0_lr0.002_dropout": 6,
+        "f0_lr0.002_flip": 7,
+    }
 
 
 @pytest.mark.slow
@@ -116,10 +130,14 @@ def test_members_group_by_structure_and_numbers_stay_inside_a_group():
         member("seed", seed=3),
         member("b1_l2", **{"optimizer.b1": 0.8, "optimizer.weight_decay": 1e-4}),
         member("sgd", **{"optimizer.name": "sgd"}),
-        member("dropout", **{"model.dropout": 0.25}),  # a Python branch in nn.Dropout: structural
+        member("dropout", **{"model.dropout": 0.25}),  # ConvNN's rate is a number (small_nets.Dropout)
+        member("flip", **{"data.copy_fraction": 0.25, "data.copy_augment": "flip_lr(p=1.0)"}),  # its own stream
         member("sgd_momentum", **{"optimizer.name": "sgd", "optimizer.momentum": 0.9}),
+        member("cnn", **{"model.name": "small_cnn"}),
+        member("cnn_dropout", **{"model.name": "small_cnn", "model.dropout": 0.5}),  # nn.Dropout: structural
     ]
     groups = [[m.name for m in group] for group in vectorize.group_members(members)]
-    assert groups == [["lr", "seed", "b1_l2"], ["sgd"], ["dropout"], ["sgd_momentum"]]
-    reason = vectorize.why_not_vectorized(members[3:5])
-    assert "model.dropout" in reason and "optimizer.name" in reason
+    assert groups == [["lr", "seed", "b1_l2", "dropout", "flip"], ["sgd"], ["sgd_momentum"], ["cnn"], ["cnn_dropout"]]
+    reason = vectorize.why_not_vectorized([members[3], members[7]])
+    assert "model.name" in reason and "optimizer.name" in reason
+    assert "model.dropout" in vectorize.why_not_vectorized(members[7:9])
