@@ -87,7 +87,7 @@ def test_each_member_matches_the_same_member_trained_alone(vectorized_sweep):
         "f0_lr0.01_b0.8": 6,
         "f4_lr0.002": 7,
         "f0_lr0.002_dropout": 6,
-        "f0_lr0.002_flip": 7,
+        "f0_lr0.002_flip": 8,
     }
 
 
