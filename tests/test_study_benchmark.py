@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -14,6 +15,7 @@ import study  # noqa: E402
 from configs import sunglasses_cnn  # noqa: E402
 
 
+@pytest.mark.slow  # expands and validates ten configs
 def test_s4_quick_is_convnn1_over_the_five_settings_and_two_folds_for_ten_epochs(tmp_path):
     plan = study.s4(quick=True)
     members = [member for _, member in study.members(plan)]
