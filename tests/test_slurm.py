@@ -148,8 +148,7 @@ def _rows(run: Path) -> list[dict]:
 
 
 def test_a_signalled_member_requeues_and_resumes_to_the_uninterrupted_result(cluster, tmp_path):
-    # Enough epochs that the signal lands while the member trains (its epochs take a fraction of a second).
-    workdir, overrides = tmp_path / "sweep", ("--config.num_epochs=16", "--config.early_stopping.patience=0")
+    workdir, overrides = tmp_path / "sweep", ("--config.num_epochs=6", "--config.early_stopping.patience=0")
     args = ("--mode=sweep", SMOKE, *overrides, "--sweep=seed=0", "--launcher=slurm", f"--workdir={workdir}")
     detached = _launch(*args, "--detach")
     assert detached.returncode == 0, detached.stdout[-3000:] + detached.stderr[-3000:]
