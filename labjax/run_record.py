@@ -31,9 +31,6 @@ RANK = "early_stopping_rank"  # checkpoint metric of runs with early stopping
 # Curves are redrawn during training at most this often, and always when the run ends: a small
 # model's epoch trains in a fraction of the second three figures take (TensorBoard is live).
 PLOT_EVERY_S = 60.0
-# A new best epoch's checkpoint of a state up to this size waits in memory for the next save
-# (a periodic one, a stop, the end): a small model's save costs more than its epoch.
-PENDING_BEST_BYTES = 64 << 20
 
 
 class EarlyStopping:
@@ -203,7 +200,6 @@ class RunRecord:
         self._open = True
         self._plotted_at = time.monotonic()  # the run's start counts as a drawing: its first is a minute in
         self._saved_at = time.monotonic()  # likewise for checkpoint.min_interval_s
-        self._pending_best = None  # (state, metadata, metrics) of a new best not yet written
         # This process's seconds outside the training steps, by kind (status.json's time_s).
         self.seconds = {"validation": 0.0, "checkpoints": 0.0, "plots": 0.0, "logs": 0.0}
         # epoch_hook(step, epoch, scalars) -> True to stop now (a search's pruner, labjax/search.py)
@@ -292,36 +288,7 @@ class RunRecord:
         return None
 
     def save(self, state, metrics: dict | None = None, **extra) -> None:
-        """A checkpoint of `state` at the current step, with what resuming and evaluation need
-        (after the new best held in memory, if one is)."""
-        if self._pending_best is not None and self._pending_best[1]["step"] == self.step:
-            self._pending_best = None  # this save holds the same state
-        self._write_pending_best()
-        self._write(state, self._metadata(extra), metrics)
-
-    def _hold_best(self, state, metrics: dict, **extra) -> bool:
-        """Keeps a new best epoch's checkpoint in memory until the next save, a stop or the end; False
-        (save it now) for states over PENDING_BEST_BYTES. A kill loses it with the epochs after the
-        last save, which the resumed run trains again and so finds again: nothing it needs is lost."""
-        items = [getattr(state, name) for name in ckpt.STATE_ITEMS]
-        if sum(x.nbytes for x in jax.tree.leaves(items)) > PENDING_BEST_BYTES:
-            return False
-        copy = jax.tree.map(lambda x: x.copy(), state)  # the training step donates the live state's buffers
-        self._pending_best = (copy, self._metadata(extra), metrics)
-        return True
-
-    def _write_pending_best(self) -> None:
-        if self._pending_best is not None:
-            state, metadata, metrics = self._pending_best
-            self._pending_best = None
-            self._write(state, metadata, metrics)
-
-    def _write(self, state, metadata: dict, metrics: dict | None) -> None:
-        with self.timed("checkpoints"):
-            self.checkpoints.save(state, metadata, metrics)
-        self._saved_at = time.monotonic()
-
-    def _metadata(self, extra: dict) -> dict:
+        """A checkpoint of `state` at the current step, with what resuming and evaluation need."""
         metadata = {
             "step": self.step,
             "epoch": self.step / self.steps_per_epoch,
@@ -334,7 +301,9 @@ class RunRecord:
         }
         if self.input_spec is not None:
             metadata["input"] = self.input_spec
-        return metadata
+        with self.timed("checkpoints"):
+            self.checkpoints.save(state, metadata, metrics)
+        self._saved_at = time.monotonic()
 
     def fail(self, error: BaseException) -> None:
         """Records an unexpected error (status 'failed' with it), so no status stays 'running'."""
@@ -387,16 +356,9 @@ class RunRecord:
         saved = False
         if last and stopper and self.config.early_stopping.restore_best and stopper.best_step != step:
             state = self._restore_best(state, evaluate)
-        else:
-            new_best = improved or self._new_best(metrics)
-            if new_best:
-                self._pending_best = None  # a held best this one beats is not worth writing
-            if last or self._periodic_save_due(step):
-                self.save(state, metrics, stopped_early=self.stopped_early)
-                saved = True
-            elif new_best and not self._hold_best(state, metrics, stopped_early=self.stopped_early):
-                self.save(state, metrics, stopped_early=self.stopped_early)
-                saved = True
+        elif last or improved or self._new_best(metrics) or self._periodic_save_due(step):
+            self.save(state, metrics, stopped_early=self.stopped_early)
+            saved = True
         if self.stopped_early:
             print(f"Early stopping: no {stopper.monitor} improvement in {stopper.patience} epochs.", flush=True)
         if self.plot_while_training and time.monotonic() - self._plotted_at >= PLOT_EVERY_S:
@@ -412,15 +374,12 @@ class RunRecord:
         return every_epochs and time.monotonic() - self._saved_at >= cfg.get("min_interval_s", 0.0)
 
     def _new_best(self, metrics: dict) -> bool:
-        """Whether this epoch's checkpoint.best_metric beats every saved (or held) checkpoint's."""
-        name, maximize = self.checkpoints.best_metric, self.checkpoints.best_mode == "max"
+        """Whether this epoch's checkpoint.best_metric beats every saved checkpoint's (it is then saved)."""
+        name = self.checkpoints.best_metric
         if not name or metrics.get(name) is None:
             return False
-        held = (self._pending_best[2] or {}).get(name) if self._pending_best is not None else None
-        values = [v for v in (self.checkpoints.best_value(), held) if v is not None]
-        if not values:
-            return True
-        return metrics[name] > max(values) if maximize else metrics[name] < min(values)
+        best = self.checkpoints.best_value()
+        return best is None or (metrics[name] > best if self.checkpoints.best_mode == "max" else metrics[name] < best)
 
     def prune(self, state, metrics: dict, saved: bool) -> None:
         """The epoch hook stopped the run: its checkpoint is kept (saved now unless it was), status 'pruned'."""
@@ -433,7 +392,6 @@ class RunRecord:
     def _restore_best(self, state, evaluate):
         """The run ends with the best epoch's weights: the final checkpoint holds them."""
         stopper = self.stopper
-        self._write_pending_best()  # the best epoch may be the one held in memory
         best = self.checkpoints.restore(stopper.best_step, state, items=("params", "batch_stats"))
         state = state.replace(params=best["params"], batch_stats=best["batch_stats"])
         metrics = {k: v for k, v in stopper.best_scalars.items() if k.startswith(("train_", "val_"))}
@@ -480,12 +438,9 @@ class RunRecord:
         if not self._open:
             return
         self._open = False
-        try:
-            self._write_pending_best()  # a best epoch since the last save (a divergence, a failure)
-        finally:
-            self.writer.close()
-            self.checkpoints.close()
-            self._plot()
+        self.writer.close()
+        self.checkpoints.close()
+        self._plot()
 
     def _plot(self) -> None:
         from labjax import writers

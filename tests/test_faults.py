@@ -268,21 +268,14 @@ train.train_and_evaluate(config, sys.argv[1])
 
 
 def _run_killed_at_random_moments(folder: Path, seed: int, kills: int) -> int:
-    """Starts the same run again and again, kill -9 after a random delay; returns how many kills landed.
-
-    The delays are drawn over 30-95% of how long the whole run takes on this machine, timed first
-    in a folder of its own: start-up, compilation, steps, saves and status writes."""
+    """Starts the same run again and again, kill -9 after a random delay; returns how many kills landed."""
     rng, landed = random.Random(seed), 0
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    tic = time.perf_counter()
-    timed = [sys.executable, "-c", KILL_RUN, str(folder.parent / "timed")]
-    subprocess.run(timed, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, check=True)
-    duration = time.perf_counter() - tic
     for _ in range(kills):
         child = subprocess.Popen(
             [sys.executable, "-c", KILL_RUN, str(folder)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL
         )
-        time.sleep(rng.uniform(0.3, 0.95) * duration)
+        time.sleep(rng.uniform(4.0, 16.0))  # start-up, compilation, steps, saves, status writes
         if child.poll() is None:
             child.send_signal(signal.SIGKILL)
             landed += 1
