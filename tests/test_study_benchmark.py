@@ -61,3 +61,12 @@ def test_the_time_account_counts_a_group_once_and_the_sweep_process_start_up_onc
     assert times["startup"] == 5.0 + 4.0  # the sweep process's first group, and the member's own process
     assert times["compile"] == 2.0 + 3.0 + 1.0 and times["train_steps"] == 10.0 + 7.0 + 3.0
     assert times["checkpoints"] == 0.5 + 0.5 + 1.0 + 0.25 and times["plots"] == 0.25 + 0.25 + 0.5 + 0.25
+
+
+def test_the_peer_builds_the_s2_architectures_from_labjax_s_own_presets():
+    import study_peers  # imports no framework at module level: its copy keeps JAX out of the peer's timing
+
+    from labjax.models.small_nets import S2_PRESETS
+
+    assert study_peers.S2_PRESETS == S2_PRESETS
+    assert study_peers.SMALL_CNN.format(rate=0.2) == S2_PRESETS["arch10"]
